@@ -1,0 +1,51 @@
+"""Weather: one tool that reads a fixed table, and a reward for answering with the right weather."""
+
+from __future__ import annotations
+
+import re
+
+from gym_core.protocol import VerifyRequest
+from servers.resources import ResourcesServer, Session, ToolError, final_answer, tool
+
+# A fixed table, so rewards are reproducible: city -> (temperature in °C, condition).
+WEATHER: dict[str, tuple[int, str]] = {
+    "Paris": (18, "sunny"),
+    "London": (12, "rainy"),
+    "Tokyo": (24, "cloudy"),
+    "New York": (21, "windy"),
+    "Sydney": (27, "sunny"),
+    "Reykjavik": (3, "snowy"),
+    "Cairo": (35, "clear"),
+    "Lima": (19, "foggy"),
+}
+
+
+class Weather(ResourcesServer):
+    """Answer weather questions with the `get_weather` tool."""
+
+    @tool
+    async def get_weather(self, session: Session, city: str) -> dict:
+        """Get the current weather for a city.
+
+        Args:
+            city: the city name, e.g. "Paris"
+        """
+        key = next((name for name in WEATHER if name.lower() == city.strip().lower()), None)
+        if key is None:
+            raise ToolError(f"unknown city {city!r}; known cities: {', '.join(WEATHER)}")
+        session.state.setdefault("looked_up", []).append(key)
+        temperature, condition = WEATHER[key]
+        return {"city": key, "temperature_c": temperature, "condition": condition}
+
+    async def verify(self, row: VerifyRequest, session: Session) -> dict:
+        """Reward 1 when the final answer names the expected condition and temperature, else 0."""
+        answer = final_answer(row.response).lower()
+        condition_ok = row.extra["expected_condition"].lower() in answer
+        numbers = {int(n) for n in re.findall(r"-?\d+", answer)}
+        temperature_ok = int(row.extra["expected_temperature_c"]) in numbers
+        return {
+            "reward": float(condition_ok and temperature_ok),
+            "condition_correct": condition_ok,
+            "temperature_correct": temperature_ok,
+            "used_tool": bool(session.state.get("looked_up")),
+        }

@@ -1,0 +1,376 @@
+"""The resources-server base: tools from type hints, per-rollout sessions, verify and metrics routes.
+
+An environment subclasses `ResourcesServer`, marks its tools with `@tool` and writes `verify`:
+
+    class Counter(ResourcesServer):
+        @tool
+        async def increment(self, session: Session, by: int) -> dict:
+            session.state["count"] = session.state.get("count", 0) + by
+            return {"count": session.state["count"]}
+
+        async def verify(self, row: VerifyRequest, session: Session) -> float:
+            return float(session.state.get("count") == row.extra["target"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import re
+import time
+import typing
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+
+from gym_core.protocol import Message, Response as EpisodeResponse, TaskRow, VerifyRequest, dumps, loads
+from gym_core.server import (
+    GymServer,
+    JSONResponse,
+    ServerConfig,
+    describe_validation_error,
+    error_response,
+    session_id_of,
+)
+
+# Routes of the base; a tool may not take one of these names.
+RESERVED_NAMES = frozenset({"seed_session", "verify", "aggregate_metrics", "tools", "health", "mcp"})
+
+
+class ToolError(Exception):
+    """Raise inside a tool to give the model an error result (HTTP 400) instead of crashing the rollout."""
+
+
+# ---------------------------------------------------------------------------------------------- sessions
+
+
+@dataclass
+class Session:
+    """One rollout's state on this server; `state` is the environment's to fill."""
+
+    id: str
+    state: dict[str, Any] = field(default_factory=dict)
+    last_used: float = field(default=0.0, repr=False)
+
+
+class SessionStore:
+    """In-memory sessions keyed by session id; a session unused for `ttl_s` seconds is evicted."""
+
+    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self._clock = clock
+        # Ordered by last use, oldest first, so eviction stops at the first live session.
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def get(self, session_id: str) -> Session:
+        """The session for this id, created empty if it does not exist (or expired)."""
+        now = self._evict(self._clock())
+        session = self._sessions.get(session_id)
+        if session is None:
+            session = self._sessions[session_id] = Session(session_id)
+        else:
+            self._sessions.move_to_end(session_id)
+        session.last_used = now
+        return session
+
+    def reset(self, session_id: str) -> Session:
+        """A fresh, empty session for this id, replacing any earlier one."""
+        self._sessions.pop(session_id, None)
+        return self.get(session_id)
+
+    def pop(self, session_id: str) -> None:
+        """Forget a session (a finished rollout)."""
+        self._sessions.pop(session_id, None)
+
+    def _evict(self, now: float) -> float:
+        while self._sessions:
+            oldest = next(iter(self._sessions.values()))
+            if now - oldest.last_used < self.ttl_s:
+                break
+            self._sessions.popitem(last=False)
+        return now
+
+
+# ---------------------------------------------------------------------------------------------- tools
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A tool method with its argument model and its OpenAI function-tool schema."""
+
+    name: str
+    method_name: str
+    arguments: type[BaseModel]
+    schema: dict[str, Any]
+
+
+def tool(fn: Callable | None = None, *, name: str | None = None) -> Any:
+    """Mark a server method as a tool served at `POST /<name>`; its schema comes from its type hints."""
+
+    def mark(method: Callable) -> Callable:
+        method.__gym_tool__ = name or method.__name__  # type: ignore[attr-defined]
+        return method
+
+    return mark(fn) if fn is not None else mark
+
+
+def tool_spec(method: Callable, name: str) -> ToolSpec:
+    """Build a tool's argument model and schema from its signature (minus `self` and `session`)."""
+    if name in RESERVED_NAMES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
+        raise TypeError(f"tool name {name!r} is reserved or not a valid route name")
+    hints = typing.get_type_hints(method, include_extras=True)
+    description, param_docs = _parse_docstring(inspect.getdoc(method) or "")
+    fields: dict[str, Any] = {}
+    for param in list(inspect.signature(method).parameters.values())[1:]:
+        if param.name == "session":
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+            raise TypeError(f"tool {name!r}: parameter {param.name!r} must be a plain named parameter")
+        if param.name not in hints:
+            raise TypeError(f"tool {name!r}: parameter {param.name!r} needs a type hint")
+        default = ... if param.default is param.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
+    parameters = _strip_titles(model.model_json_schema())
+    for pname, doc in param_docs.items():
+        parameters.get("properties", {}).get(pname, {}).setdefault("description", doc)
+    schema = {"type": "function", "name": name, "description": description, "parameters": parameters}
+    return ToolSpec(name, method.__name__, model, schema)
+
+
+def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into the description and the `Args:` entries."""
+    head, _, args = doc.partition("\nArgs:\n")
+    params = dict(re.findall(r"^\s+(\w+)(?:\s*\([^)]*\))?:\s*(.+)$", args, flags=re.M))
+    return head.strip(), params
+
+
+def _strip_titles(schema: Any) -> Any:
+    """Drop pydantic's generated `title` keys: noise in a prompt (a property named "title" survives)."""
+    if isinstance(schema, dict):
+        return {k: _strip_titles(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    return schema
+
+
+def final_answer(response: EpisodeResponse) -> str:
+    """The text of the episode's last assistant message ("" if the model never answered in text)."""
+    for item in reversed(response.output):
+        if isinstance(item, Message) and item.role == "assistant":
+            return item.text
+    return ""
+
+
+def _validation_message(err: ValidationError) -> str:
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'arguments'}: {e['msg']}" for e in err.errors()]
+    return "; ".join(parts)
+
+
+def _brief(err: Exception) -> str:
+    """A validation or JSON error in one line, without echoing the input."""
+    return describe_validation_error(err) if isinstance(err, ValidationError) else f"body is not JSON ({err})"
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+class ResourcesConfig(ServerConfig):
+    """Config block of a resources server; environments may subclass it to add fields."""
+
+    session_ttl_s: float = 3600.0
+    end_session_on_verify: bool = True  # keeps memory bounded by in-flight rollouts
+    process_workers: int = 2  # pool size for `run_in_process`
+
+
+class ResourcesServer(GymServer):
+    """Base of every environment: tools, sessions, `/seed_session`, `/verify`, `/aggregate_metrics`."""
+
+    kind: ClassVar[str] = "resources"
+    config_model: ClassVar[type[BaseModel]] = ResourcesConfig
+    tools: ClassVar[dict[str, ToolSpec]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.tools = {}
+        for attr in dir(cls):
+            method = getattr(cls, attr, None)
+            tool_name = getattr(method, "__gym_tool__", None)
+            if tool_name is not None:
+                cls.tools[tool_name] = tool_spec(method, tool_name)
+
+    def __init__(self, name: str, config: dict) -> None:
+        super().__init__(name, config)
+        self.sessions = SessionStore(self.config.session_ttl_s)
+        self._pool: ProcessPoolExecutor | None = None
+
+    async def seed(self, row: TaskRow, session: Session) -> None:
+        """Hook: prepare a rollout's session from its task row (default: nothing)."""
+
+    async def verify(self, row: VerifyRequest, session: Session) -> float | dict:
+        """Hook: the reward of a finished episode, or a dict with "reward" plus extra fields."""
+        raise NotImplementedError(f"{type(self).__name__} must define `async def verify(self, row, session)`")
+
+    def compute_metrics(self, verify_responses: list[dict]) -> dict:
+        """Hook: metrics over finished rollouts (default: `aggregate_metrics`)."""
+        return aggregate_metrics(verify_responses)
+
+    async def run_in_process(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run CPU-heavy, picklable `fn(*args, **kwargs)` in a process pool, off the event loop."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.config.process_workers)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, partial(fn, *args, **kwargs))
+
+    async def shutdown(self) -> None:
+        """Stop the process pool if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        await super().shutdown()
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Register the base routes and one `POST /<name>` per tool."""
+        app.add_api_route("/seed_session", self._seed_route, methods=["POST"])
+        app.add_api_route("/verify", self._verify_route, methods=["POST"])
+        app.add_api_route("/aggregate_metrics", self._metrics_route, methods=["POST"])
+        app.add_api_route("/tools", self._tools_route, methods=["GET"])
+        for spec in self.tools.values():
+            app.add_api_route(f"/{spec.name}", self._tool_route(spec), methods=["POST"], name=spec.name)
+
+    def build_app(self) -> FastAPI:
+        """The base app plus a last catch-all so an unknown tool gets a 404 that lists the real ones."""
+        app = super().build_app()
+        app.add_api_route("/{name}", self._unknown_tool_route, methods=["POST"], include_in_schema=False)
+        return app
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """The OpenAI function-tool schemas of this server's tools."""
+        return [spec.schema for spec in self.tools.values()]
+
+    def _tool_route(self, spec: ToolSpec) -> Callable:
+        method = getattr(self, spec.method_name)
+        is_async = inspect.iscoroutinefunction(method)
+
+        async def call_tool(request: Request) -> Response:
+            try:
+                body = await request.body()
+                args = spec.arguments.model_validate(loads(body) if body else {})
+            except ValidationError as err:
+                return error_response(422, f"{spec.name}: {_validation_message(err)}", "invalid_arguments")
+            except ValueError as err:
+                return error_response(422, f"{spec.name}: arguments are not JSON: {err}", "invalid_arguments")
+            session = self.sessions.get(session_id_of(request))
+            kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+            try:
+                result = await method(session, **kwargs) if is_async else method(session, **kwargs)
+            except ToolError as err:
+                return error_response(400, str(err), "tool_error")
+            if isinstance(result, str):  # plain text reaches the model as is
+                return PlainTextResponse(result)
+            if isinstance(result, BaseModel):
+                result = result.model_dump(mode="json")
+            return Response(dumps(result), media_type="application/json")
+
+        return call_tool
+
+    async def _unknown_tool_route(self, name: str) -> JSONResponse:
+        known = ", ".join(sorted(self.tools)) or "none"
+        return error_response(404, f"no tool named {name!r} on server {self.name!r}; its tools: {known}", "unknown_tool")
+
+    async def _seed_route(self, request: Request) -> Response:
+        try:
+            row = TaskRow.model_validate(loads(await request.body()))
+        except (ValidationError, ValueError) as err:
+            return error_response(422, f"/seed_session expects a task row: {_brief(err)}")
+        await self.seed(row, self.sessions.reset(session_id_of(request)))
+        return Response(b"{}", media_type="application/json")
+
+    async def _verify_route(self, request: Request) -> Response:
+        try:
+            raw = loads(await request.body())
+            row = VerifyRequest.model_validate(raw)
+        except (ValidationError, ValueError) as err:
+            return error_response(422, f"/verify expects a task row plus `response`: {_brief(err)}")
+        session_id = session_id_of(request)
+        result = await self.verify(row, self.sessions.get(session_id))
+        fields = dict(result) if isinstance(result, dict) else {"reward": result}
+        reward = fields.get("reward")
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+            raise TypeError(f"{type(self).__name__}.verify must return a finite number or a dict with a "
+                            f"numeric 'reward'; got {result!r}")
+        if self.config.end_session_on_verify:
+            self.sessions.pop(session_id)
+        # The raw row is echoed back untouched: fields the env does not declare survive the round trip.
+        return Response(dumps({**raw, **fields, "reward": float(reward)}), media_type="application/json")
+
+    async def _metrics_route(self, request: Request) -> Response:
+        try:
+            rows = loads(await request.body())["verify_responses"]
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise TypeError("verify_responses must be a list of objects")
+        except (ValueError, KeyError, TypeError) as err:
+            return error_response(422, f'/aggregate_metrics expects {{"verify_responses": [...]}}: {err}')
+        return Response(dumps(self.compute_metrics(rows)), media_type="application/json")
+
+    async def _tools_route(self) -> dict[str, Any]:
+        return {"tools": self.tool_schemas()}
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def aggregate_metrics(rows: list[dict]) -> dict[str, Any]:
+    """NeMo-Gym-shaped metrics: means of numeric fields, count, per-task groups and pass@k over repeats."""
+    agent_metrics: dict[str, Any] = {"count": len(rows), **_means(rows)}
+    groups: dict[Any, list[dict]] = {}
+    for i, row in enumerate(rows):
+        groups.setdefault(row.get("_ng_task_index", f"row{i}"), []).append(row)
+    group_level = [{"_ng_task_index": task, "count": len(g), **_means(g)}
+                   for task, g in groups.items() if "_ng_task_index" in g[0]]
+    agent_metrics.update(pass_at_k(list(groups.values())))
+    key_metrics = {k: v for k, v in agent_metrics.items() if k == "mean/reward" or k.startswith("pass@")}
+    return {"agent_metrics": agent_metrics, "key_metrics": key_metrics, "group_level_metrics": group_level}
+
+
+def _means(rows: list[dict]) -> dict[str, float]:
+    """Mean of every top-level numeric field (bools count as 0/1; bookkeeping `_ng_*` fields skipped)."""
+    sums: dict[str, list[float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, (int, float)) and not key.startswith("_ng_"):
+                sums.setdefault(key, []).append(float(value))
+    return {f"mean/{key}": sum(vals) / len(vals) for key, vals in sums.items()}
+
+
+def pass_at_k(groups: list[list[dict]]) -> dict[str, float]:
+    """pass@k of `reward` for k = 1..(smallest group), when tasks were repeated.
+
+    Binary rewards use the unbiased estimator 1 - C(n-c, k) / C(n, k); other rewards the mean over tasks of
+    the best of the first k repeats (by `_ng_rollout_index`). Values are fractions in [0, 1].
+    """
+    rewards = [[float(r["reward"]) for r in sorted(g, key=lambda r: r.get("_ng_rollout_index", 0))
+                if isinstance(r.get("reward"), (int, float))] for g in groups]
+    rewards = [g for g in rewards if g]
+    max_k = min((len(g) for g in rewards), default=0)
+    if max_k < 2:
+        return {}
+    binary = all(r in (0.0, 1.0) for g in rewards for r in g)
+    out = {}
+    for k in range(1, max_k + 1):
+        if binary:
+            per_task = [1.0 - math.comb(len(g) - int(sum(g)), k) / math.comb(len(g), k) for g in rewards]
+        else:
+            per_task = [max(g[:k]) for g in rewards]
+        out[f"pass@{k}/reward"] = sum(per_task) / len(per_task)
+    return out
