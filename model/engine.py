@@ -1,0 +1,353 @@
+"""Batched generation: continuous batching over a fixed set of state slots, chunked prefill, per-request
+sampling, thinking-budget enforcement and prefix reuse across turns.
+
+One `step()` admits waiting requests into free slots, runs prefill chunks (up to `prefill_chunk` prompt
+tokens in total, one sequence per forward call) and then one decode step for every sequence that has
+its prompt done. Sequences join and leave between steps. `generate` loops `step` until all requests
+finish; `AsyncEngine` runs the same loop on a background thread for the policy server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from model.prefix_cache import PrefixCache
+from model.sampling import SamplingParams, make_generator, sample
+
+__all__ = ["AsyncEngine", "Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
+           "SamplingParams"]
+
+
+@dataclass
+class GenerationRequest:
+    """A prompt (token ids) and how to sample its continuation."""
+
+    prompt_token_ids: list[int]
+    params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class GenerationResult:
+    """A finished request. `token_ids` includes a stop token id or the tokens of a stop string; `text` does not."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]  # one per token: log_softmax(logits / T)[token] (see model/sampling.py)
+    finish_reason: str  # "stop" | "length"
+    text: str | None = None  # None without a detokenizer
+    num_reasoning_tokens: int | None = None  # tokens before </think>; None unless the prompt opened reasoning
+    cached_tokens: int = 0  # prompt tokens restored from the prefix cache instead of prefilled
+
+
+@dataclass(frozen=True)
+class ReasoningTokens:
+    """Token ids that open and close reasoning, as the chat template renders them."""
+
+    start: tuple[int, ...]  # a prompt ending with these is inside reasoning, e.g. "<think>\n"
+    end: int  # "</think>"
+    newline: int  # after the budget, reasoning is ended at the next one of these
+    end_sequence: tuple[int, ...]  # forced token by token to close reasoning: newline, "</think>"
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> ReasoningTokens:
+        """Read the ids from a ChatTokenizer (think_start_id, think_end_id, encode("\\n"))."""
+        newline = tokenizer.encode("\n")[-1]
+        return cls((tokenizer.think_start_id, newline), tokenizer.think_end_id, newline,
+                   (newline, tokenizer.think_end_id))
+
+
+@dataclass
+class EngineStats:
+    """Counters for tests and benchmarks."""
+
+    prefill_tokens: int = 0  # prompt tokens run through the model in prefill chunks
+    cached_tokens: int = 0  # prompt tokens skipped thanks to the prefix cache
+    decode_tokens: int = 0  # tokens run through the model in decode steps
+    steps: int = 0
+
+
+@dataclass
+class _Sequence:
+    """A request while it holds a slot."""
+
+    request: GenerationRequest
+    slot: int
+    generator: torch.Generator
+    pending: list[int]  # prompt tokens not yet prefilled
+    thinking: bool  # inside reasoning with a budget to enforce
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    forcing: list[int] = field(default_factory=list)  # rest of the end-of-reasoning sequence to force
+    next_logits: torch.Tensor | None = None  # logits the last token was sampled from
+    cached: int = 0
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.request.params
+
+
+class Engine:
+    """Continuous-batching generator over a NemotronHForCausalLM-like model and a StatePool."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any = None, max_batch: int = 8, max_len: int = 4096,
+                 prefill_chunk: int = 512, *, prefix_cache: PrefixCache | None = None,
+                 detokenize: Callable[[list[int]], str] | None = None, reasoning: ReasoningTokens | None = None,
+                 pool: Any = None) -> None:
+        """`pool` defaults to `model.new_pool(max_batch, max_len)`; `tokenizer` supplies decode and think ids."""
+        self.model = model
+        self.device = next(model.parameters()).device
+        pool = model.new_pool(max_batch, max_len) if pool is None else pool
+        self.pool, self.max_batch, self.max_len = pool, pool.num_slots, pool.max_len
+        self.prefill_chunk = prefill_chunk
+        self.prefix_cache = PrefixCache() if prefix_cache is None else prefix_cache
+        self.detokenize = detokenize or (tokenizer.decode if tokenizer is not None else None)
+        if reasoning is None and tokenizer is not None and hasattr(tokenizer, "think_end_id"):
+            reasoning = ReasoningTokens.from_tokenizer(tokenizer)
+        self.reasoning = reasoning
+        self.stats = EngineStats()
+        self._waiting: deque[GenerationRequest] = deque()
+        self._running: dict[int, _Sequence] = {}
+
+    # ---- public API -----------------------------------------------------------------------------
+    def add_request(self, request: GenerationRequest) -> None:
+        """Queue a request; it joins the running batch when a slot frees up."""
+        n = len(request.prompt_token_ids)
+        if not 0 < n <= self.max_len:
+            raise ValueError(f"prompt has {n} tokens; it must have 1..max_len={self.max_len}")
+        self._waiting.append(request)
+
+    def has_work(self) -> bool:
+        """Whether any request is waiting or running."""
+        return bool(self._waiting or self._running)
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Run the requests to completion; results come back in request order."""
+        for r in requests:
+            self.add_request(r)
+        done: dict[str, GenerationResult] = {}
+        while self.has_work():
+            for result in self.step():
+                done[result.request_id] = result
+        return [done[r.request_id] for r in requests]
+
+    def abort_all(self) -> None:
+        """Drop every waiting and running request (their slots become free)."""
+        self._waiting.clear()
+        self._running.clear()
+
+    @torch.inference_mode()
+    def step(self) -> list[GenerationResult]:
+        """Admit, prefill up to `prefill_chunk` prompt tokens, decode one token for the running batch."""
+        self.stats.steps += 1
+        self._admit()
+        finished = self._prefill()
+        ready = [s for s in self._running.values() if not s.pending]
+        if ready:
+            finished += self._decode(ready)
+        return finished
+
+    # ---- scheduling -------------------------------------------------------------------------------
+    def _admit(self) -> None:
+        """Move waiting requests into free slots, restoring the longest cached prefix of each prompt."""
+        free = [s for s in range(self.max_batch) if s not in self._running]
+        while free and self._waiting:
+            request, slot = self._waiting.popleft(), free.pop(0)
+            prompt = request.prompt_token_ids
+            seq = _Sequence(request, slot, make_generator(request.params.seed, self.device), list(prompt),
+                            thinking=request.params.thinking_budget is not None and self._opens_reasoning(prompt))
+            snap = self.prefix_cache.longest_prefix(prompt)
+            if snap is None:
+                self.pool.reset(slot)
+            else:
+                self.pool.restore(slot, snap.state)
+                seq.pending, seq.cached, seq.next_logits = list(prompt[len(snap.tokens):]), len(snap.tokens), snap.next_logits
+                self.stats.cached_tokens += seq.cached
+            self._running[slot] = seq
+
+    def _prefill(self) -> list[GenerationResult]:
+        """Run prompt chunks, oldest sequence first, until the step's token budget is spent."""
+        budget, finished = self.prefill_chunk, []
+        for seq in list(self._running.values()):
+            if budget <= 0:
+                break
+            if not seq.pending:
+                continue
+            chunk, seq.pending = seq.pending[:budget], seq.pending[budget:]
+            budget -= len(chunk)
+            ids = torch.tensor([chunk], device=self.device)
+            seq.next_logits = self._forward(ids, [seq.slot])[0]
+            self.stats.prefill_tokens += len(chunk)
+        # A prompt restored whole from the cache has its logits already; so do freshly prefilled ones.
+        for seq in list(self._running.values()):
+            if not seq.pending and not seq.tokens:
+                finished += self._emit([seq], seq.next_logits[None])
+        return finished
+
+    def _decode(self, seqs: list[_Sequence]) -> list[GenerationResult]:
+        """Feed every ready sequence its last token and sample the next one."""
+        live = [s for s in seqs if s.slot in self._running]
+        if not live:
+            return []
+        ids = torch.tensor([[s.tokens[-1]] for s in live], device=self.device)
+        logits = self._forward(ids, [s.slot for s in live])
+        self.stats.decode_tokens += len(live)
+        return self._emit(live, logits)
+
+    def _forward(self, ids: torch.Tensor, slots: list[int]) -> torch.Tensor:
+        """Advance the slots by ids (B, T); return the logits after the last position (B, V)."""
+        slot_ids = torch.tensor(slots, device=self.device)
+        return self.model(ids, self.pool, slot_ids, last_only=True)[:, -1]
+
+    # ---- sampling and stopping ----------------------------------------------------------------
+    def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[GenerationResult]:
+        """Sample (or force) one token per sequence from its logits row, then retire finished ones."""
+        forced = [self._forced_token(s) for s in seqs]
+        tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], forced)
+        finished = []
+        for i, seq in enumerate(seqs):
+            seq.tokens.append(tokens[i])
+            seq.logprobs.append(logprobs[i])
+            seq.next_logits = logits[i]
+            if seq.thinking and tokens[i] == self.reasoning.end:
+                seq.thinking = False
+            result = self._check_finished(seq)
+            if result is not None:
+                finished.append(result)
+        return finished
+
+    def _forced_token(self, seq: _Sequence) -> int | None:
+        """The next token of the end-of-reasoning sequence, if the thinking budget says to close now."""
+        if seq.thinking and not seq.forcing:
+            p, n = seq.params, len(seq.tokens)
+            last = seq.tokens[-1] if seq.tokens else seq.request.prompt_token_ids[-1]
+            if n >= p.thinking_budget + p.thinking_grace or (n >= p.thinking_budget and last == self.reasoning.newline):
+                seq.forcing = list(self.reasoning.end_sequence)
+        return seq.forcing.pop(0) if seq.forcing else None
+
+    def _opens_reasoning(self, prompt: list[int]) -> bool:
+        """Whether the prompt ends inside reasoning (with the think-start sequence)."""
+        start = self.reasoning.start if self.reasoning else ()
+        return bool(start) and tuple(prompt[-len(start):]) == start
+
+    def _check_finished(self, seq: _Sequence) -> GenerationResult | None:
+        """Finish a sequence on a stop id, a stop string, max_tokens or a full slot."""
+        p, token = seq.params, seq.tokens[-1]
+        text_end, reason = None, None
+        if token in p.stop_token_ids:
+            reason, text_end = "stop", len(seq.tokens) - 1
+        elif p.stop and self.detokenize is not None and self._stop_string_hit(seq):
+            reason = "stop"
+        elif len(seq.tokens) >= p.max_tokens or len(seq.request.prompt_token_ids) + len(seq.tokens) >= self.max_len:
+            reason = "length"
+        if reason is None:
+            return None
+        return self._retire(seq, reason, text_end)
+
+    def _stop_string_hit(self, seq: _Sequence) -> bool:
+        """Whether the text's tail contains a stop string (decodes only a short window of tokens)."""
+        window = max(len(s) for s in seq.params.stop) + 8
+        tail = self.detokenize(seq.tokens[-window:])
+        return any(s in tail for s in seq.params.stop)
+
+    def _retire(self, seq: _Sequence, reason: str, text_end: int | None) -> GenerationResult:
+        """Free the slot, store a snapshot of what the slot holds, and build the result."""
+        del self._running[seq.slot]
+        held = seq.request.prompt_token_ids + seq.tokens[:-1]  # the last token was never fed to the model
+        if self.prefix_cache.max_entries > 0:
+            self.prefix_cache.put(held, self.pool.snapshot(seq.slot), seq.next_logits.clone())
+        text = None
+        if self.detokenize is not None:
+            text = self.detokenize(seq.tokens[:text_end])
+            hits = [text.find(s) for s in seq.params.stop if s in text]
+            if hits:
+                text = text[: min(hits)]
+        return GenerationResult(
+            request_id=seq.request.request_id, prompt_token_ids=list(seq.request.prompt_token_ids),
+            token_ids=seq.tokens, logprobs=seq.logprobs, finish_reason=reason, text=text,
+            num_reasoning_tokens=self._reasoning_count(seq), cached_tokens=seq.cached,
+        )
+
+    def _reasoning_count(self, seq: _Sequence) -> int | None:
+        """Generated tokens before the first </think>, when the prompt opened reasoning."""
+        if not self._opens_reasoning(seq.request.prompt_token_ids):
+            return None
+        end = self.reasoning.end
+        return seq.tokens.index(end) if end in seq.tokens else len(seq.tokens)
+
+
+class AsyncEngine:
+    """Runs an Engine's step loop on a background thread; `await submit(request)` for each request."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self._thread.start()
+
+    async def submit(self, request: GenerationRequest) -> GenerationResult:
+        """Queue a request and wait for its result."""
+        if self._closed:
+            raise RuntimeError("AsyncEngine is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._futures[request.request_id] = (loop, future)
+        self._inbox.put(request)
+        return await future
+
+    def close(self) -> None:
+        """Stop the loop thread after the current step; pending requests fail."""
+        self._closed = True
+        self._inbox.put(None)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        """Drain the inbox, step while there is work, block when idle."""
+        while not self._closed:
+            block = not self.engine.has_work()
+            try:
+                while True:
+                    item = self._inbox.get(block=block)
+                    block = False
+                    if item is not None:
+                        self._add(item)
+            except queue.Empty:
+                pass
+            if self.engine.has_work():
+                try:
+                    results = self.engine.step()
+                except Exception as exc:  # a bug in a step fails every request in flight, not silently
+                    self._fail_all(exc)
+                    continue
+                for result in results:
+                    self._resolve(result.request_id, result)
+        self._fail_all(RuntimeError("AsyncEngine closed"))
+
+    def _add(self, request: GenerationRequest) -> None:
+        try:
+            self.engine.add_request(request)
+        except ValueError as exc:
+            self._resolve(request.request_id, exc)
+
+    def _resolve(self, request_id: str, outcome: GenerationResult | BaseException) -> None:
+        loop, future = self._futures.pop(request_id, (None, None))
+        if future is None:
+            return
+        setter = future.set_exception if isinstance(outcome, BaseException) else future.set_result
+        loop.call_soon_threadsafe(lambda: future.done() or setter(outcome))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self.engine.abort_all()
+        for request_id in list(self._futures):
+            self._resolve(request_id, exc)

@@ -1,0 +1,57 @@
+"""Sampler tests: truncation, greedy, per-row generators, forced tokens, the log-prob convention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.sampling import SamplingParams, make_generator, sample
+
+
+def gens(*seeds: int) -> list[torch.Generator]:
+    return [make_generator(s, torch.device("cpu")) for s in seeds]
+
+
+def test_greedy_and_top_k_one_pick_the_argmax():
+    logits = torch.randn(4, 100, generator=torch.Generator().manual_seed(0))
+    params = [SamplingParams(temperature=0), SamplingParams(temperature=1.5, top_k=1)] * 2
+    tokens, logprobs = sample(logits, params, gens(0, 1, 2, 3))
+    assert tokens == logits.argmax(-1).tolist()
+    assert logprobs[0] == pytest.approx(float(torch.log_softmax(logits[0], -1).max()))
+    assert logprobs[1] == pytest.approx(float(torch.log_softmax(logits[1] / 1.5, -1).max()))
+
+
+def test_samples_follow_the_truncated_distribution():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = gens(0)
+    counts = torch.zeros(4)
+    for _ in range(3000):
+        token = sample(logits, [SamplingParams(top_p=0.7)], g)[0][0]
+        counts[token] += 1
+    # top_p=0.7 keeps {0.5, 0.3} (0.5 alone does not reach 0.7), renormalised to 0.625 / 0.375.
+    assert counts[2:].sum() == 0
+    assert counts[0] / 3000 == pytest.approx(0.625, abs=0.03)
+    top_k = [sample(logits, [SamplingParams(top_k=3)], g)[0][0] for _ in range(500)]
+    assert set(top_k) == {0, 1, 2}
+
+
+def test_rows_use_their_own_generators():
+    logits = torch.zeros(3, 1000)
+    params = [SamplingParams(seed=s) for s in (1, 2, 3)]
+    batch = sample(logits, params, gens(1, 2, 3))[0]
+    alone = [sample(logits[i:i + 1], params[i:i + 1], gens(s))[0][0] for i, s in enumerate((1, 2, 3))]
+    assert batch == alone and len(set(batch)) == 3
+
+
+def test_forced_tokens_report_their_tempered_logprob():
+    logits = torch.randn(2, 10, generator=torch.Generator().manual_seed(1))
+    params = [SamplingParams(temperature=0.5), SamplingParams(temperature=0)]
+    tokens, logprobs = sample(logits, params, gens(0, 0), forced=[7, None])
+    assert tokens[0] == 7 and tokens[1] == int(logits[1].argmax())
+    assert logprobs[0] == pytest.approx(float(torch.log_softmax(logits[0] / 0.5, -1)[7]))
+
+
+def test_invalid_params_are_rejected():
+    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(max_tokens=0)):
+        with pytest.raises(ValueError):
+            SamplingParams(**bad)
