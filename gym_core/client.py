@@ -1,0 +1,267 @@
+"""One async HTTP client per process: servers by name through the registry, a timeout on every call,
+bounded retries for connection failures only.
+
+The httpx API runs over aiohttp's connection pool (`httpx-aiohttp`): httpx's own pool slows down badly with
+thousands of queued requests (see benchmarks/README.md, "Client transport"). Cookies are never stored; a
+rollout's session travels explicitly in each call's headers (`X-Session-Id`, or a NeMo Gym cookie).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.cookiejar
+import os
+from typing import Any, Literal
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+
+from gym_core.protocol import dumps, loads
+
+REGISTRY_URL_ENV = "GYM_REGISTRY_URL"
+DEFAULT_REGISTRY_URL = "http://127.0.0.1:11000"
+DEFAULT_TIMEOUT = 60.0
+MAX_TRIES = 3
+# Our servers keep idle connections 30 s (server.uvicorn_server); closing ours first avoids reusing a
+# connection the server is closing at the same moment.
+KEEPALIVE_SECONDS = 15.0
+
+
+class ServerUnreachable(httpx.ConnectError):
+    """No connection could be opened to a server after the bounded retries."""
+
+
+class CallTimeout(httpx.TimeoutException):
+    """A call got no complete response within its timeout."""
+
+
+class ServerNotRegistered(LookupError):
+    """The registry does not know the server name."""
+
+
+class ServerError(RuntimeError):
+    """A server answered with an error status; `status` and the server's `message` are kept."""
+
+    def __init__(self, message: str, status: int, body: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+class _Transport(AiohttpTransport):
+    """httpx-aiohttp's transport with aiohttp errors mapped to the httpx error that says what happened."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """Send one request; a refused connection is `httpx.ConnectError`, a dropped one `RemoteProtocolError`."""
+        try:
+            return await super().handle_async_request(request)
+        except httpx.TransportError as exc:
+            raise _remap(exc, request) from exc.__cause__
+
+
+def _remap(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
+    cause = exc.__cause__
+    message = str(cause or exc)
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(cause, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message, request=request)
+    if isinstance(cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(cause, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(message or "server disconnected", request=request)
+    if isinstance(cause, (aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
+        return httpx.ReadError(message, request=request)
+    return exc
+
+
+def _no_cookie_jar() -> http.cookiejar.CookieJar:
+    # One client serves many rollouts at once: a stored cookie would leak one rollout's session into another.
+    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+
+class ServiceClient:
+    """The process's HTTP client for talking to servers by instance name or URL."""
+
+    def __init__(
+        self,
+        *,
+        registry_url: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_tries: int = MAX_TRIES,
+        max_connections: int = 8192,
+        max_connections_per_host: int = 1024,
+        transport: Literal["aiohttp", "httpx"] = "aiohttp",
+    ) -> None:
+        self.registry_url = (registry_url or os.environ.get(REGISTRY_URL_ENV) or DEFAULT_REGISTRY_URL).rstrip("/")
+        self.timeout = timeout
+        self.max_tries = max_tries
+        self._urls: dict[str, str] = {}
+        self._lookups: dict[str, asyncio.Future[str]] = {}
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections,
+            keepalive_expiry=KEEPALIVE_SECONDS,
+        )
+        if transport == "aiohttp":
+            connector_args = dict(limit=max_connections, limit_per_host=max_connections_per_host)
+
+            def session() -> aiohttp.ClientSession:
+                connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS, **connector_args)
+                return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+            http_transport: httpx.AsyncBaseTransport = _Transport(client=session)
+        else:
+            http_transport = httpx.AsyncHTTPTransport(limits=limits)
+        self.http = httpx.AsyncClient(
+            transport=http_transport, timeout=timeout, cookies=_no_cookie_jar(), trust_env=False,
+            follow_redirects=False,
+        )
+
+    async def post(
+        self, server: str, path: str, json: Any = None, *, headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> httpx.Response:
+        """POST `json` (dicts, lists or pydantic models, serialized with orjson) to `path` on `server`."""
+        body = None if json is None else dumps(json)
+        all_headers = {"content-type": "application/json", **(headers or {})}
+        return await self.request("POST", server, path, content=body, headers=all_headers, timeout=timeout)
+
+    async def get(
+        self, server: str, path: str, *, headers: dict[str, str] | None = None, timeout: float | None = None
+    ) -> httpx.Response:
+        """GET `path` on `server`."""
+        return await self.request("GET", server, path, headers=headers, timeout=timeout)
+
+    async def post_json(
+        self, server: str, path: str, json: Any = None, *, headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """POST and return the parsed JSON body; an error status raises `ServerError` with the server's message."""
+        response = await self.post(server, path, json, headers=headers, timeout=timeout)
+        return parse_json(response, server)
+
+    async def request(
+        self, method: str, server: str, path: str, *, content: bytes | None = None,
+        headers: dict[str, str] | None = None, timeout: float | None = None,
+    ) -> httpx.Response:
+        """Send one request; connection failures are retried with backoff up to `max_tries`, nothing else is."""
+        limit = self.timeout if timeout is None else timeout
+        for attempt in range(1, self.max_tries + 1):
+            url = await self.url_of(server) + _slash(path)
+            try:
+                async with asyncio.timeout(limit):
+                    return await self.http.request(method, url, content=content, headers=headers, timeout=limit)
+            except (TimeoutError, httpx.TimeoutException) as exc:
+                if isinstance(exc, httpx.ConnectTimeout) and attempt < self.max_tries:
+                    await self._backoff(server, attempt)
+                    continue
+                raise CallTimeout(
+                    f"{method} {url} (server {server!r}) got no response within {limit:g} s; "
+                    "pass a larger timeout= if the server is just slow, or check its log"
+                ) from exc
+            except httpx.ConnectError as exc:
+                if attempt < self.max_tries:
+                    await self._backoff(server, attempt)
+                    continue
+                raise ServerUnreachable(
+                    f"cannot connect to server {server!r} at {url} after {self.max_tries} tries ({exc}); "
+                    "is it running? `gym status` lists the live servers"
+                ) from exc
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    async def _backoff(self, server: str, attempt: int) -> None:
+        # A refused connection may mean the server moved (restarted on a new port): look its name up again.
+        self._urls.pop(server, None)
+        await asyncio.sleep(0.05 * 2 ** (attempt - 1))
+
+    async def url_of(self, server: str) -> str:
+        """The base URL of a server: a value starting with http(s):// as is, else its registry entry (cached)."""
+        if server.startswith(("http://", "https://")):
+            return server.rstrip("/")
+        url = self._urls.get(server)
+        if url is not None:
+            return url
+        pending = self._lookups.get(server)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(server))
+            self._lookups[server] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(server, None))
+        return await asyncio.shield(pending)
+
+    async def _lookup(self, server: str) -> str:
+        registry = self.registry_url
+        try:
+            response = await self.http.get(f"{registry}/servers/{server}", timeout=10.0)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(
+                f"cannot reach the registry at {registry} to look up server {server!r} ({exc}); "
+                f"is `gym up` running? Set {REGISTRY_URL_ENV} if the registry is elsewhere"
+            ) from exc
+        if response.status_code == 404:
+            raise ServerNotRegistered(
+                f"server {server!r} is not registered at {registry}{await self._known_hint()}; "
+                "is `gym up` running with it in the config?"
+            )
+        body = parse_json(response, "registry")
+        url = str(body["url"]).rstrip("/")
+        self._urls[server] = url
+        return url
+
+    async def _known_hint(self) -> str:
+        try:
+            entries = (await self.http.get(f"{self.registry_url}/servers", timeout=5.0)).json()
+            names = sorted(e["name"] for e in entries)
+        except Exception:  # the hint is best effort; the lookup error itself is what matters
+            return ""
+        return f" (registered: {', '.join(names)})" if names else " (no server is registered)"
+
+    def forget(self, server: str) -> None:
+        """Drop a cached URL so the next call looks the server up again."""
+        self._urls.pop(server, None)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.http.aclose()
+
+
+def _slash(path: str) -> str:
+    return path if path.startswith("/") or not path else "/" + path
+
+
+def parse_json(response: httpx.Response, server: str) -> Any:
+    """The JSON body of a success response; an error status raises `ServerError` with the server's message."""
+    try:
+        body = loads(response.content) if response.content else None
+    except ValueError:
+        body = response.text
+    if response.is_success:
+        return body
+    message = body["error"].get("message") if isinstance(body, dict) and isinstance(body.get("error"), dict) else body
+    raise ServerError(
+        f"server {server!r} answered {response.status_code} to {response.request.method} "
+        f"{response.request.url.path}: {str(message)[:2000]}",
+        response.status_code,
+        body,
+    )
+
+
+_client: ServiceClient | None = None
+_client_loop: asyncio.AbstractEventLoop | None = None
+
+
+def get_client() -> ServiceClient:
+    """The process-wide client, created lazily inside the running event loop (a new loop gets a new client)."""
+    global _client, _client_loop
+    loop = asyncio.get_running_loop()
+    if _client is None or _client_loop is not loop:
+        _client, _client_loop = ServiceClient(), loop
+    return _client
+
+
+async def close_client() -> None:
+    """Close the process-wide client (at shutdown)."""
+    global _client, _client_loop
+    if _client is not None and _client_loop is asyncio.get_running_loop():
+        await _client.aclose()
+    _client, _client_loop = None, None

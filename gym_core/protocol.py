@@ -1,0 +1,396 @@
+"""The wire schemas, defined once: NeMo Gym task rows, Responses API objects, chat completions, verify and run.
+
+Every model allows unknown keys and keeps them verbatim, so a real NeMo Gym row survives
+`model_validate(row).model_dump(exclude_unset=True, mode="json") == row`. `dumps` serializes models the
+same way (only what was set), which is how servers pass rows and conversation history through untouched.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+
+class WireModel(BaseModel):
+    """Base of every wire schema: unknown keys are kept, and `always_dump` fields are dumped even at default."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    # Fields a consumer requires (a `type` tag, a Response's id) are marked as set so exclude_unset keeps them.
+    always_dump: ClassVar[tuple[str, ...]] = ()
+
+    def model_post_init(self, context: Any, /) -> None:
+        """Mark the `always_dump` fields as set."""
+        if self.always_dump:
+            self.__pydantic_fields_set__.update(self.always_dump)
+
+
+# ---------------------------------------------------------------------------------------------- token ids
+
+
+class TokenFields(WireModel):
+    """Training token ids on a model-produced item: all three or none; one log-prob per generated id."""
+
+    prompt_token_ids: list[int] | None = None
+    generation_token_ids: list[int] | None = None
+    generation_log_probs: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _atomic_token_fields(self) -> TokenFields:
+        present = [
+            name
+            for name in ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
+            if getattr(self, name) is not None
+        ]
+        if present and len(present) != 3:
+            missing = sorted({"prompt_token_ids", "generation_token_ids", "generation_log_probs"} - set(present))
+            raise ValueError(f"token fields are all-or-none: {present} given but {missing} missing")
+        if present and len(self.generation_token_ids) != len(self.generation_log_probs):  # type: ignore[arg-type]
+            raise ValueError(
+                f"generation_token_ids has {len(self.generation_token_ids)} ids but generation_log_probs "  # type: ignore[arg-type]
+                f"has {len(self.generation_log_probs)} values; they must be aligned one to one"  # type: ignore[arg-type]
+            )
+        return self
+
+    @property
+    def has_tokens(self) -> bool:
+        """Whether this item carries the training token fields."""
+        return self.generation_token_ids is not None
+
+
+# ---------------------------------------------------------------------------------------- Responses items
+
+
+class ContentPart(WireModel):
+    """A content part: input_text, output_text (annotations, logprobs), input_image, ... kept verbatim."""
+
+    type: str
+    text: str | None = None
+
+
+class Message(TokenFields):
+    """A message item; `type` may be omitted in input rows (it defaults to "message")."""
+
+    type: Literal["message"] = "message"
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart]
+
+    @classmethod
+    def assistant(cls, text: str, **fields: Any) -> Message:
+        """An assistant output message in the shape Responses clients expect (id, status, output_text part)."""
+        fields.setdefault("id", f"msg_{uuid.uuid4().hex}")
+        fields.setdefault("status", "completed")
+        part = ContentPart(type="output_text", text=text, annotations=[])
+        return cls(type="message", role="assistant", content=[part], **fields)
+
+    @property
+    def text(self) -> str:
+        """The message's text: the string content, or its text parts joined."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content if part.text is not None)
+
+
+class FunctionCall(TokenFields):
+    """The model calling a tool; `arguments` is the JSON text the model wrote."""
+
+    always_dump = ("type",)
+    type: Literal["function_call"] = "function_call"
+    call_id: str
+    name: str
+    arguments: str
+
+
+class FunctionCallOutput(WireModel):
+    """A tool's result as the model will see it."""
+
+    always_dump = ("type",)
+    type: Literal["function_call_output"] = "function_call_output"
+    call_id: str
+    output: str | list[Any]
+
+
+class Reasoning(TokenFields):
+    """A reasoning item: `summary` parts and optionally the raw reasoning `content`."""
+
+    always_dump = ("type", "summary")
+    type: Literal["reasoning"] = "reasoning"
+    summary: list[ContentPart] = Field(default_factory=list)
+    content: list[ContentPart] | None = None
+
+
+class OtherItem(WireModel):
+    """Any other item type (item_reference, web_search_call, ...), kept verbatim."""
+
+    type: str
+
+
+def _item_tag(value: Any) -> str:
+    kind = value.get("type", "message") if isinstance(value, dict) else getattr(value, "type", "message")
+    return kind if kind in ("message", "function_call", "function_call_output", "reasoning") else "other"
+
+
+Item = Annotated[
+    Union[
+        Annotated[Message, Tag("message")],
+        Annotated[FunctionCall, Tag("function_call")],
+        Annotated[FunctionCallOutput, Tag("function_call_output")],
+        Annotated[Reasoning, Tag("reasoning")],
+        Annotated[OtherItem, Tag("other")],
+    ],
+    Discriminator(_item_tag),
+]
+InputItem = Item
+OutputItem = Item
+
+
+class FunctionTool(WireModel):
+    """A function tool offered to the model: name, description, JSON-schema parameters."""
+
+    always_dump = ("type",)
+    type: Literal["function"] = "function"
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class OtherTool(WireModel):
+    """A non-function tool (web_search, file_search, ...), kept verbatim."""
+
+    type: str
+
+
+Tool = Annotated[
+    Union[Annotated[FunctionTool, Tag("function")], Annotated[OtherTool, Tag("other")]],
+    Discriminator(lambda v: "function" if (v.get("type") if isinstance(v, dict) else v.type) == "function" else "other"),
+]
+
+
+# ------------------------------------------------------------------------------------ request and task row
+
+
+class ResponseCreateParams(WireModel):
+    """The Responses API create body a task row carries; unknown keys (reasoning, text, ...) pass through."""
+
+    input: str | list[InputItem]
+    instructions: str | None = None
+    tools: list[Tool] = Field(default_factory=list)
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_output_tokens: int | None = None
+    metadata: dict[str, str] | None = None
+    model: str | None = None
+
+    @property
+    def items(self) -> list[InputItem]:
+        """The input as a list of items (a plain string input is one user message)."""
+        if isinstance(self.input, str):
+            return [Message(role="user", content=self.input)]
+        return self.input
+
+    @property
+    def function_tools(self) -> list[FunctionTool]:
+        """The function tools, in order."""
+        return [t for t in self.tools if isinstance(t, FunctionTool)]
+
+
+class TaskRow(WireModel):
+    """One NeMo Gym JSONL task row: `responses_create_params` + environment fields kept verbatim."""
+
+    responses_create_params: ResponseCreateParams
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The environment fields (every top-level key this schema does not declare)."""
+        return self.model_extra or {}
+
+
+# ---------------------------------------------------------------------------------------------- response
+
+
+class ResponseUsage(WireModel):
+    """Token usage of a Response (summed over the model calls of an episode)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Response(WireModel):
+    """A Responses API response; for an episode, `output` holds every item produced across steps."""
+
+    always_dump = ("id", "object", "created_at", "model", "output", "parallel_tool_calls", "tool_choice", "tools")
+    id: str = Field(default_factory=lambda: f"resp_{uuid.uuid4().hex}")
+    object: Literal["response"] = "response"
+    created_at: float = Field(default_factory=lambda: float(int(time.time())))
+    model: str = ""
+    output: list[OutputItem] = Field(default_factory=list)
+    usage: ResponseUsage | None = None
+    status: str | None = None
+    incomplete_details: dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+    tool_choice: str | dict[str, Any] = "auto"
+    tools: list[Tool] = Field(default_factory=list)
+
+    @property
+    def output_text(self) -> str:
+        """The text of the assistant messages in `output`, joined."""
+        return "".join(item.text for item in self.output if isinstance(item, Message) and item.role == "assistant")
+
+
+# ----------------------------------------------------------------------------------------- chat completions
+
+
+class ChatFunction(WireModel):
+    """The function of a chat tool definition."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatTool(WireModel):
+    """A chat-completions tool definition: {"type": "function", "function": {...}}."""
+
+    always_dump = ("type",)
+    type: Literal["function"] = "function"
+    function: ChatFunction
+
+
+class ChatFunctionCall(WireModel):
+    """The name and JSON-text arguments of a chat tool call."""
+
+    name: str
+    arguments: str
+
+
+class ChatToolCall(WireModel):
+    """A tool call in an assistant chat message."""
+
+    always_dump = ("type",)
+    id: str
+    type: Literal["function"] = "function"
+    function: ChatFunctionCall
+
+
+class ChatMessage(TokenFields):
+    """A chat message; an assistant message may carry reasoning, tool calls and the token fields."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ChatToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+
+class ChatCompletionRequest(WireModel):
+    """The chat-completions request subset we serve (n=1); unknown keys (top_k, chat_template_kwargs) pass."""
+
+    messages: list[ChatMessage]
+    model: str | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: Literal[1] = 1
+    stream: Literal[False] | None = None
+
+
+class ChatChoice(WireModel):
+    """One choice of a chat completion."""
+
+    always_dump = ("index", "message", "finish_reason")
+    index: int = 0
+    message: ChatMessage
+    finish_reason: str | None = "stop"
+
+
+class ChatUsage(WireModel):
+    """Token usage of a chat completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ChatCompletionResponse(WireModel):
+    """A chat completion; `choices[0].message` carries the token fields when training is on."""
+
+    always_dump = ("id", "object", "created", "model", "choices")
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str = ""
+    choices: list[ChatChoice]
+    usage: ChatUsage | None = None
+
+
+# ---------------------------------------------------------------------------------------- verify and run
+
+
+class VerifyRequest(TaskRow):
+    """What /verify receives: the task row plus the episode's `response`."""
+
+    response: Response
+
+
+class VerifyResponse(VerifyRequest):
+    """What /verify returns: the request fields, `reward`, and any environment extras (accuracy, ...)."""
+
+    reward: float
+
+
+class RunResult(VerifyResponse):
+    """What an agent's /run returns: the verify response, whose `response.output` is the whole episode.
+
+    Model-produced items in the episode carry the token fields; collector stamps (_ng_task_index, ...) and
+    failure keys (_ng_failure_class, ...) ride along as extras.
+    """
+
+
+# ----------------------------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(WireModel):
+    """The inside of an error body: a short machine type and a message saying what to do."""
+
+    type: str
+    message: str
+
+
+class ErrorBody(WireModel):
+    """Every error response: {"error": {"type": ..., "message": ...}}."""
+
+    error: ErrorDetail
+
+
+# ------------------------------------------------------------------------------------------------ json
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json", exclude_unset=True)
+    raise TypeError(f"cannot serialize {type(obj).__name__} to JSON")
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize to JSON bytes with orjson; pydantic models dump only what was set (rows pass through intact)."""
+    return orjson.dumps(obj, default=_default, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+def loads(data: bytes | bytearray | memoryview | str) -> Any:
+    """Parse JSON with orjson."""
+    return orjson.loads(data)

@@ -1,0 +1,344 @@
+"""`GymServer`, the base of every server: health routes, JSON errors, a body-size limit, per-rollout sessions.
+
+A subclass sets `kind` and `config_model`, registers its routes in `add_routes`, and may override the
+`startup` / `shutdown` hooks. Sessions: our clients send `X-Session-Id`; NeMo Gym clients carry a signed
+cookie. Every response echoes the session id in both, so either kind of client keeps its rollout's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any, ClassVar
+
+import itsdangerous
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from gym_core.protocol import dumps
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = "X-Session-Id"
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_ERROR_TYPES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+    409: "conflict", 413: "payload_too_large", 422: "invalid_request", 429: "rate_limited", 503: "unavailable",
+}
+
+
+class ServerConfig(BaseModel):
+    """The config block every server accepts; subclasses add their own fields (and may set extra="forbid")."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str | None = None
+    entrypoint: str | None = None
+    env: str | None = None
+    impl: str | None = None
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Signs the session cookie; only needs to agree between workers of one server, never logged.
+    session_secret: str | None = None
+
+
+class JSONResponse(Response):
+    """A JSON response rendered with orjson; pydantic models dump only their set fields (rows pass intact)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        """Serialize the content with `protocol.dumps`."""
+        return dumps(content)
+
+
+def error_response(status: int, message: str, error_type: str | None = None) -> JSONResponse:
+    """An `{"error": {"type", "message"}}` response."""
+    kind = error_type or _ERROR_TYPES.get(status, "http_error")
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+def session_id_of(request: Request) -> str:
+    """The rollout session id: the `X-Session-Id` header, else the signed cookie's id, else a new id."""
+    state = request.scope.get("state") or {}
+    if "session_id" in state:
+        return state["session_id"]
+    session_id = request.headers.get(SESSION_HEADER) or uuid.uuid4().hex
+    request.scope.setdefault("state", {})["session_id"] = session_id
+    return session_id
+
+
+class GymServer:
+    """Base of the agent, policy and resources servers; `build_app()` gives the FastAPI app to serve."""
+
+    kind: ClassVar[str] = "server"
+    config_model: ClassVar[type[BaseModel]] = ServerConfig
+
+    def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
+        self.name = name
+        raw = config.model_dump() if isinstance(config, BaseModel) else (config or {})
+        self.config = self.config_model.model_validate(raw)
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Register the server's own routes; the base has none beyond health."""
+
+    async def startup(self) -> None:
+        """Run once before the first request (open clients, load models)."""
+
+    async def shutdown(self) -> None:
+        """Run once at shutdown, also after a failed startup (close what startup opened)."""
+
+    def build_app(self) -> FastAPI:
+        """The FastAPI app: health routes, error bodies, size limit and sessions around `add_routes`."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+            try:
+                await self.startup()
+                yield
+            finally:
+                await self.shutdown()
+
+        app = FastAPI(title=f"{self.kind}:{self.name}", lifespan=lifespan, default_response_class=JSONResponse)
+        health = {"status": "ok", "name": self.name, "kind": self.kind}
+
+        @app.get("/health")
+        @app.get("/")
+        async def _health() -> JSONResponse:
+            return JSONResponse(health)
+
+        app.add_exception_handler(RequestValidationError, _validation_error)
+        app.add_exception_handler(ValidationError, _validation_error)
+        app.add_exception_handler(HTTPException, self._http_error)
+        self.add_routes(app)
+        max_bytes = getattr(self.config, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
+        secret = getattr(self.config, "session_secret", None) or f"{type(self).__name__}___{self.name}"
+        app.add_middleware(EdgeMiddleware, server_name=self.name, max_request_bytes=max_bytes, secret=secret)
+        return app
+
+    async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404 and exc.detail == "Not Found":
+            message = f"server {self.name!r} has no route {request.method} {request.url.path}" + _routes_hint(request)
+        elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
+            message = f"{request.method} is not allowed on {request.url.path} of server {self.name!r}"
+        else:
+            message = str(exc.detail)
+        response = error_response(exc.status_code, message)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+
+def _routes_hint(request: Request) -> str:
+    paths = sorted({getattr(r, "path", "") for r in request.app.routes} - {"", "/"})
+    paths = [p for p in paths if not p.startswith(("/docs", "/redoc", "/openapi"))]
+    return f"; its routes: {', '.join(paths[:30])}" if paths else ""
+
+
+def describe_validation_error(exc: RequestValidationError | ValidationError) -> str:
+    """A readable one-line summary naming each bad field, without echoing the input."""
+    by_field: dict[str, list[str]] = {}
+    for err in exc.errors():
+        # Union branches add loc parts such as "str" or "list[tagged-union[...]]"; the field path is the rest.
+        parts = [str(p) for p in err.get("loc", ()) if not _is_union_branch(p)]
+        messages = by_field.setdefault(".".join(parts) or "body", [])
+        if err.get("msg", "invalid") not in messages:
+            messages.append(err.get("msg", "invalid"))
+    fields = [f"{loc}: {' or '.join(msgs)}" for loc, msgs in by_field.items()]
+    more = f" (and {len(fields) - 8} more)" if len(fields) > 8 else ""
+    return "invalid request: " + "; ".join(fields[:8]) + more
+
+
+def _is_union_branch(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "dict", "list", "none"))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, (RequestValidationError, ValidationError))
+    return error_response(422, describe_validation_error(exc))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class EdgeMiddleware:
+    """Pure-ASGI edge: body-size limit (413), session id in and out, and 500 bodies for unhandled bugs."""
+
+    def __init__(self, app: Any, *, server_name: str, max_request_bytes: int, secret: str) -> None:
+        self.app = app
+        self.name = server_name
+        self.max_bytes = max_request_bytes
+        self.signer = itsdangerous.Signer(secret, salt="gym-session")
+        self.cookie = "gym_session_" + re.sub(r"[^A-Za-z0-9_]", "_", server_name)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = _header_map(scope)
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._send_error(send, 413, self._too_large_message(), None)
+            return
+        session_id, cookie_ok = self._session_of(headers)
+        scope.setdefault("state", {})["session_id"] = session_id
+        started = False
+
+        async def send_with_session(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message["headers"] = list(message.get("headers", [])) + self._session_headers(session_id, cookie_ok)
+            await send(message)
+
+        try:
+            await self.app(scope, self._limited(receive), send_with_session)
+        except _BodyTooLarge:
+            if not started:
+                await self._send_error(send_with_session, 413, self._too_large_message(), None)
+        except Exception as exc:
+            log.exception("server %r: unhandled error in %s %s", self.name, scope.get("method"), scope.get("path"))
+            if not started:
+                message = (
+                    f"server {self.name!r} failed on {scope.get('method')} {scope.get('path')} with "
+                    f"{type(exc).__name__} (a bug in the server; its log has the traceback)"
+                )
+                await self._send_error(send_with_session, 500, message, "internal_error")
+
+    def _limited(self, receive: Receive) -> Receive:
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        return receive_limited
+
+    def _too_large_message(self) -> str:
+        return (
+            f"request body exceeds the {self.max_bytes}-byte limit of server {self.name!r}; "
+            "raise max_request_bytes in its config or send less"
+        )
+
+    def _session_of(self, headers: dict[bytes, bytes]) -> tuple[str, bool]:
+        """(session id, whether the request already carries a valid cookie for exactly that id)."""
+        from_cookie = None
+        raw_cookie = headers.get(b"cookie")
+        if raw_cookie:
+            token = _cookie_value(raw_cookie.decode("latin-1"), self.cookie)
+            if token:
+                with contextlib.suppress(itsdangerous.BadSignature):
+                    from_cookie = self.signer.unsign(token).decode()
+        header = headers.get(SESSION_HEADER.lower().encode())
+        if header:
+            session_id = header.decode("latin-1")
+            return session_id, session_id == from_cookie
+        if from_cookie:
+            return from_cookie, True
+        return uuid.uuid4().hex, False
+
+    def _session_headers(self, session_id: str, cookie_ok: bool) -> list[tuple[bytes, bytes]]:
+        out = [(SESSION_HEADER.lower().encode(), session_id.encode("latin-1"))]
+        if not cookie_ok:
+            token = self.signer.sign(session_id.encode()).decode()
+            out.append((b"set-cookie", f"{self.cookie}={token}; Path=/; HttpOnly; SameSite=lax".encode()))
+        return out
+
+    @staticmethod
+    async def _send_error(send: Send, status: int, message: str, error_type: str | None) -> None:
+        response = error_response(status, message, error_type)
+        await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+
+def _header_map(scope: Scope) -> dict[bytes, bytes]:
+    # Repeated Cookie headers are joined as browsers would; other repeats keep the last value.
+    headers: dict[bytes, bytes] = {}
+    for key, value in scope["headers"]:
+        if key == b"cookie" and key in headers:
+            headers[key] += b"; " + value
+        else:
+            headers[key] = value
+    return headers
+
+
+def _cookie_value(cookie_header: str, name: str) -> str | None:
+    for part in cookie_header.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == name:
+            return value.strip('"')
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ serving
+
+
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket; port 0 lets the kernel pick a free port (no check-then-bind race)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_server(app: FastAPI, *, log_level: str = "warning", **overrides: Any) -> uvicorn.Server:
+    """A uvicorn server tuned for us: uvloop + httptools, keep-alive longer than our client's (15 s)."""
+    options: dict[str, Any] = dict(
+        loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
+        timeout_keep_alive=30, backlog=4096, access_log=False,
+    )
+    options.update(overrides)
+    return uvicorn.Server(uvicorn.Config(app, **options))
+
+
+class _InProcessServer(uvicorn.Server):
+    """A uvicorn server that leaves the process's signal handlers alone (it runs inside someone's loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def serve_in_background(app: FastAPI, startup_timeout: float = 10.0) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port inside the running loop; yields its base URL; always stops it."""
+    sock = bind_socket()
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=30)
+    server = _InProcessServer(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        async with asyncio.timeout(startup_timeout):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("server exited during startup; see its log")
+                await asyncio.sleep(0.005)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, timeout=10)
+        sock.close()
