@@ -1,0 +1,178 @@
+"""Build the embedded default checkpoint model/builtin/tiny/ (deterministic; rerun after changing it).
+
+    .venv/bin/python scripts/build_builtin.py [--out model/builtin/tiny]
+
+Writes a byte-level BPE tokenizer, the Nemotron 3 style chat template, a HF `nemotron_h` config.json and
+randomly initialised weights with the HF checkpoint names. The result loads with `model.load("builtin:tiny")`,
+`ChatTokenizer.from_pretrained("builtin:tiny")` and transformers' `NemotronHForCausalLM.from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.config import NemotronHConfig  # noqa: E402
+from model.tokenizer import DEFAULT_TEMPLATE, ChatTokenizer, render_chat_template  # noqa: E402
+
+SEED = 0
+BPE_VOCAB = 512
+# Ids 10-13 match the real Nemotron 3 tokenizer (<|im_start|>, <|im_end|>, <think>, </think>), so code that
+# hard-codes them by mistake still agrees with both; 8 and 9 are only placeholders to keep that alignment.
+SPECIAL_TOKENS = [
+    "<unk>", "<s>", "</s>", "<pad>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+    "<|reserved_8|>", "<|reserved_9|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>",
+]
+BOS, EOS, PAD, UNK, IM_END = "<s>", "</s>", "<pad>", "<unk>", "<|im_end|>"
+
+# All four block types; every Mamba-2 and MoE constraint is exercised (groups, top-k, shared expert).
+TINY_CONFIG = dict(
+    hidden_size=64, hybrid_override_pattern="ME*EM-E",
+    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+    mamba_num_heads=8, mamba_head_dim=16, ssm_state_size=16, n_groups=2, conv_kernel=4, chunk_size=16,
+    n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=48,
+    intermediate_size=64, max_position_embeddings=4096,
+    extra=dict(time_step_min=0.001, time_step_max=0.1, time_step_floor=1e-4, rope_theta=10000,
+               residual_in_fp32=False, rescale_prenorm_residual=True, torch_dtype="float32"),
+)
+
+# Text the BPE merges are learnt from: the template's own framing plus some tool-calling chatter.
+_SAMPLE_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather for a city.",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "description": "The city name"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}}]
+_SAMPLE_TEXT = (
+    "The quick brown fox jumps over the lazy dog. You are a helpful assistant. What is the weather in Paris "
+    "today? Let me think about this step by step. The user wants to know the temperature, so I should call "
+    "the tool and then answer the question with the result. It is sunny and 21 degrees in the city. "
+    "Thank you! The answer is 42. {\"result\": true, \"value\": [1, 2, 3], \"name\": \"example\"}\n"
+)
+
+
+def build_tokenizer() -> Tokenizer:
+    """Byte-level BPE (every byte string encodes) with the chat special tokens at fixed low ids."""
+    tokenizer = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    return tokenizer
+
+
+def _corpus() -> list[str]:
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "What is the weather in Paris?"},
+        {"role": "assistant", "reasoning_content": "I should call the tool.", "content": "",
+         "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "{\"temperature\": 21, \"condition\": \"sunny\"}"},
+    ]
+    chat = render_chat_template(DEFAULT_TEMPLATE.read_text(), messages, tools=_SAMPLE_TOOLS)
+    return [_SAMPLE_TEXT, chat] * 4
+
+
+def init_weights(config: NemotronHConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random weights under their HF checkpoint names, initialised the way HF NemotronH initialises them."""
+    h, e = config.hidden_size, config.extra
+
+    def normal(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator) * 0.02
+
+    def uniform(bound: float, *shape: int) -> torch.Tensor:
+        return (torch.rand(*shape, generator=generator) * 2 - 1) * bound
+
+    weights = {"backbone.embeddings.weight": normal(config.vocab_size, h)}
+    for i, kind in enumerate(config.hybrid_override_pattern):
+        prefix = f"backbone.layers.{i}."
+        weights[prefix + "norm.weight"] = torch.ones(h)
+        mixer = {"M": _mamba, "*": _attention, "E": _moe, "-": _mlp}[kind](config, normal, uniform, e)
+        weights.update({prefix + "mixer." + name: w for name, w in mixer.items()})
+    weights["backbone.norm_f.weight"] = torch.ones(h)
+    weights["lm_head.weight"] = normal(config.vocab_size, h)
+    return {name: w.contiguous() for name, w in weights.items()}
+
+
+def _mamba(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
+    heads, inner, conv_dim, k = config.mamba_num_heads, config.mamba_intermediate, config.conv_dim, config.conv_kernel
+    lo, hi = math.log(extra["time_step_min"]), math.log(extra["time_step_max"])
+    dt = torch.exp(uniform(1.0, heads) * (hi - lo) / 2 + (hi + lo) / 2).clamp(min=extra["time_step_floor"])
+    return {
+        "in_proj.weight": normal(inner + conv_dim + heads, config.hidden_size),
+        "conv1d.weight": uniform(1 / math.sqrt(k), conv_dim, 1, k),
+        "conv1d.bias": uniform(1 / math.sqrt(k), conv_dim),
+        "dt_bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus, so softplus(dt_bias) = dt
+        "A_log": torch.log(torch.arange(1, heads + 1, dtype=torch.float32)),
+        "D": torch.ones(heads),
+        "norm.weight": torch.ones(inner),
+        "out_proj.weight": normal(config.hidden_size, inner) / math.sqrt(config.num_hidden_layers),
+    }
+
+
+def _attention(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
+    h, q, kv = config.hidden_size, config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    return {"q_proj.weight": normal(q, h), "k_proj.weight": normal(kv, h), "v_proj.weight": normal(kv, h),
+            "o_proj.weight": normal(h, q) / math.sqrt(config.num_hidden_layers)}
+
+
+def _moe(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
+    h, width, shared = config.hidden_size, config.moe_intermediate_size, config.moe_shared_expert_intermediate_size
+    out = {"gate.weight": normal(config.n_routed_experts, h),
+           # small random bias (HF starts at 0) so tests see selection differ from the raw sigmoid ranking
+           "gate.e_score_correction_bias": uniform(0.01, config.n_routed_experts)}
+    for j in range(config.n_routed_experts):
+        out[f"experts.{j}.up_proj.weight"] = normal(width, h)
+        out[f"experts.{j}.down_proj.weight"] = normal(h, width)
+    out["shared_experts.up_proj.weight"] = normal(shared, h)
+    out["shared_experts.down_proj.weight"] = normal(h, shared)
+    return out
+
+
+def _mlp(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
+    return {"up_proj.weight": normal(config.intermediate_size, config.hidden_size),
+            "down_proj.weight": normal(config.hidden_size, config.intermediate_size)}
+
+
+def build(out: Path) -> None:
+    """Write the whole checkpoint directory."""
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    tokenizer.save(str(out / "tokenizer.json"))
+    ids = {t: tokenizer.token_to_id(t) for t in (BOS, EOS, PAD, IM_END)}
+    template = DEFAULT_TEMPLATE.read_text()
+    (out / "chat_template.jinja").write_text(template)
+    _write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": BOS, "eos_token": EOS, "pad_token": PAD,
+        "unk_token": UNK, "model_max_length": TINY_CONFIG["max_position_embeddings"],
+        "add_bos_token": False, "add_eos_token": False, "clean_up_tokenization_spaces": False,
+        "chat_template": template})
+    _write_json(out / "generation_config.json", {
+        "bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids[IM_END]], "pad_token_id": ids[PAD]})
+    config = NemotronHConfig(vocab_size=tokenizer.get_vocab_size(), bos_token_id=ids[BOS],
+                             eos_token_id=ids[EOS], pad_token_id=ids[PAD], **TINY_CONFIG)
+    _write_json(out / "config.json", config.to_hf())
+    weights = init_weights(config, torch.Generator().manual_seed(SEED))
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    params = sum(w.numel() for w in weights.values())
+    print(f"wrote {out} ({params / 1e6:.2f}M parameters, vocab {config.vocab_size})")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "model" / "builtin" / "tiny")
+    build(parser.parse_args().out)
