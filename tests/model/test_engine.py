@@ -223,3 +223,73 @@ async def test_async_engine_matches_sync():
     assert [r.token_ids for r in got] == [r.token_ids for r in expected]
     with pytest.raises(RuntimeError):
         await engine.submit(reqs[0])
+
+
+# ---- the real model (tiny random config) ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model():
+    from model.config import NemotronHConfig
+    from model.nemotron_h import NemotronHForCausalLM
+
+    config = NemotronHConfig(
+        vocab_size=96, hidden_size=32, hybrid_override_pattern="ME*EM*E", num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, mamba_num_heads=4, mamba_head_dim=8, ssm_state_size=8, n_groups=2,
+        chunk_size=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        moe_shared_expert_intermediate_size=24)
+    torch.manual_seed(0)
+    model = NemotronHForCausalLM(config).eval()
+    with torch.no_grad():  # make the logits peaky enough that greedy choices are not near-ties
+        model.lm_head.weight.mul_(30)
+    return model
+
+
+def naive_greedy(model, prompt: list[int], n: int) -> tuple[list[int], list[float]]:
+    """Full forward from scratch for every token, argmax: no cache, no engine."""
+    tokens, logprobs = list(prompt), []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([tokens]))[0, -1]
+            tokens.append(int(logits.argmax()))
+            logprobs.append(float(torch.log_softmax(logits, -1)[tokens[-1]]))
+    return tokens[len(prompt):], logprobs
+
+
+def real_prompts() -> list[list[int]]:
+    return [[(5 * i + 3 * j) % 96 for j in range(n)] for i, n in enumerate((5, 21, 13))]
+
+
+def test_real_model_greedy_matches_naive_full_forward(tiny_model):
+    engine = Engine(tiny_model, max_batch=2, max_len=64, prefill_chunk=8)
+    reqs = [GenerationRequest(p, SamplingParams(temperature=0, max_tokens=10)) for p in real_prompts()]
+    for req, res in zip(reqs, engine.generate(reqs)):
+        tokens, logprobs = naive_greedy(tiny_model, req.prompt_token_ids, 10)
+        assert res.token_ids == tokens
+        assert res.logprobs == pytest.approx(logprobs, abs=1e-4)
+
+
+def test_real_model_batch_invariance(tiny_model):
+    for params in (SamplingParams(temperature=0, max_tokens=12), SamplingParams(temperature=1.0, seed=3, max_tokens=12)):
+        target = [7, 1, 8, 2, 8, 1, 8, 2, 8]
+        alone = Engine(tiny_model, max_batch=1, max_len=64, prefill_chunk=4).generate(
+            [GenerationRequest(target, params)])[0]
+        others = [GenerationRequest(p, SamplingParams(temperature=0.9, seed=i, max_tokens=4 + 5 * i))
+                  for i, p in enumerate(real_prompts())]
+        crowded = Engine(tiny_model, max_batch=4, max_len=64, prefill_chunk=6).generate(
+            [others[0], GenerationRequest(target, params), *others[1:]])[1]
+        assert crowded.token_ids == alone.token_ids
+        assert crowded.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+
+
+def test_real_model_prefix_reuse_equals_full_prefill(tiny_model):
+    params = SamplingParams(temperature=0.8, seed=9, max_tokens=8)
+    turn1 = real_prompts()[1]
+    engine = Engine(tiny_model, max_batch=2, max_len=96, prefill_chunk=8)
+    first = engine.generate([GenerationRequest(turn1, params)])[0]
+    turn2 = turn1 + first.token_ids + [4, 5, 6, 7, 8]
+    before = engine.stats.prefill_tokens
+    second = engine.generate([GenerationRequest(turn2, params)])[0]
+    fresh = Engine(tiny_model, max_batch=2, max_len=96, prefill_chunk=8, prefix_cache=PrefixCache(max_entries=0))
+    expected = fresh.generate([GenerationRequest(turn2, params)])[0]
+    assert second.token_ids == expected.token_ids
+    assert second.logprobs == pytest.approx(expected.logprobs, abs=1e-4)
+    assert engine.stats.prefill_tokens - before == 6 and second.cached_tokens == len(turn2) - 6
