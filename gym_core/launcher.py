@@ -1,0 +1,214 @@
+"""Start every server of a config as its own process, find them through the registry, stop them all.
+
+```python
+with launch("examples/quickstart.yaml", overrides=["servers.agent.max_steps=4"], registry_port=0) as stack:
+    stack.registry_url             # http://127.0.0.1:<port>
+    stack.servers["agent"].url     # each server's base URL, pid, kind and recent log lines
+```
+Each server runs `python -m gym_core.serve` in its own process group, binds a free port itself and
+registers; `launch` returns once every server is registered and answers GET /health. On leaving the
+block (normally, on an exception or on Ctrl-C) every process gets SIGTERM, then SIGKILL after a grace
+period. A server that exits or hangs during start raises LaunchError with its last log lines.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from gym_core.client import REGISTRY_URL_ENV
+from gym_core.config import GymConfig, load_config
+from gym_core.registry import Registry, RegistryService
+from gym_core.serve import SERVER_NAME_ENV, SERVER_SPEC_ENV
+
+START_TIMEOUT_S = 60.0
+STOP_GRACE_S = 5.0
+LOG_TAIL_LINES = 40
+
+_echo_lock = threading.Lock()
+
+
+class LaunchError(RuntimeError):
+    """A server could not be started; the message carries its last log lines."""
+
+
+@dataclass
+class ServerProcess:
+    """One started server: its process, its URL once registered, and its recent log lines."""
+
+    name: str
+    kind: str
+    process: subprocess.Popen
+    url: str | None = None
+    log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
+    reader: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (also its process group id)."""
+        return self.process.pid
+
+    def tail(self, lines: int = 20) -> str:
+        """The last log lines, indented, for error messages."""
+        if self.reader is not None:
+            self.reader.join(timeout=2)  # the pipe drains once the process is gone
+        recent = list(self.log)[-lines:] or ["(no output)"]
+        return "\n".join(f"    {line}" for line in recent)
+
+
+@dataclass
+class Stack:
+    """A running set of servers and the registry that knows them."""
+
+    config: GymConfig
+    registry_url: str
+    servers: dict[str, ServerProcess]
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def url(self, name: str) -> str:
+        """Base URL of the server called `name`."""
+        url = self.servers[name].url
+        assert url is not None, "launch() yields only after every server registered"
+        return url
+
+    def request_stop(self) -> None:
+        """Make `wait()` return (what `gym down` does through POST /shutdown on the registry)."""
+        self._stop.set()
+
+    def wait(self, poll_s: float = 0.5) -> ServerProcess | None:
+        """Block until a stop is requested (returns None) or a server exits (returns that server)."""
+        while not self._stop.wait(poll_s):
+            for server in self.servers.values():
+                if server.process.poll() is not None:
+                    return server
+        return None
+
+    def table(self) -> str:
+        """Name, kind, URL and pid of every server, one aligned row each."""
+        rows = [[s.name, s.kind, s.url or "-", str(s.pid)] for s in self.servers.values()]
+        return format_table(["NAME", "KIND", "URL", "PID"], rows)
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Left-aligned columns separated by two spaces."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows])
+
+
+@contextlib.contextmanager
+def launch(
+    config: str | Path | GymConfig,
+    overrides: Sequence[str] = (),
+    *,
+    registry_port: int = 0,
+    start_timeout: float = START_TIMEOUT_S,
+    stop_grace: float = STOP_GRACE_S,
+    echo_logs: bool = True,
+) -> Iterator[Stack]:
+    """Start the registry and every server of `config`; yields a Stack once all are healthy; always stops them."""
+    resolved = load_config(config, overrides)
+    processes: dict[str, ServerProcess] = {}
+    stop = threading.Event()
+    service = RegistryService(Registry(on_shutdown=stop.set), registry_port)
+    try:
+        service.start()
+        width = max(len(name) for name in resolved.servers)
+        for name, spec in resolved.servers.items():
+            processes[name] = _spawn(name, spec.kind, spec.block(), service.url, echo_logs, width)
+        _wait_until_healthy(processes, service.registry, start_timeout)
+        yield Stack(resolved, service.url, processes, stop)
+    finally:
+        stop_processes(list(processes.values()), stop_grace)
+        service.stop()
+
+
+def _spawn(name: str, kind: str, block: dict, registry_url: str, echo: bool, width: int) -> ServerProcess:
+    """Start one `python -m gym_core.serve` in its own process group, with a thread reading its output."""
+    env = {**os.environ, SERVER_NAME_ENV: name, SERVER_SPEC_ENV: json.dumps(block),
+           REGISTRY_URL_ENV: registry_url, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gym_core.serve"], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
+    )
+    server = ServerProcess(name, kind, process)
+    prefix = f"{name:<{width}} | " if echo else None
+    server.reader = threading.Thread(target=_read_log, args=(process.stdout, server.log, prefix),
+                                     name=f"log-{name}", daemon=True)
+    server.reader.start()
+    return server
+
+
+def _read_log(stream: IO[str], tail: collections.deque, prefix: str | None) -> None:
+    """Keep the last lines of a child's output; echo each to stderr with the server's name in front."""
+    with stream:
+        for line in stream:
+            line = line.rstrip("\n")
+            tail.append(line)
+            if prefix is not None:
+                with _echo_lock:
+                    sys.stderr.write(f"{prefix}{line}\n")
+                    sys.stderr.flush()
+
+
+def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry, timeout: float) -> None:
+    """Return once every server registered and answers GET /health; LaunchError if one dies or hangs."""
+    deadline = time.monotonic() + timeout
+    pending = dict(processes)
+    with httpx.Client(timeout=2.0) as http:
+        while pending:
+            for name, server in list(pending.items()):
+                code = server.process.poll()
+                if code is not None:
+                    raise LaunchError(f"server '{name}' exited with code {code} while starting; "
+                                      f"its last log lines:\n{server.tail()}")
+                info = registry.get(name)
+                if info is not None and _healthy(http, info.url):
+                    server.url = info.url
+                    del pending[name]
+            if pending and time.monotonic() > deadline:
+                details = "\n".join(f"  {name}:\n{s.tail(10)}" for name, s in pending.items())
+                raise LaunchError(f"timed out after {timeout:.0f}s waiting for {', '.join(pending)} to register "
+                                  f"and pass GET /health; last log lines:\n{details}")
+            time.sleep(0.05)
+
+
+def _healthy(http: httpx.Client, url: str) -> bool:
+    try:
+        return http.get(f"{url}/health").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def stop_processes(servers: list[ServerProcess], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM every server's process group, SIGKILL what is left after `grace` seconds, and reap them."""
+    for server in servers:
+        if server.process.poll() is None:
+            _signal_group(server.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for server in servers:
+        try:
+            server.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal_group(server.pid, signal.SIGKILL)
+            server.process.wait()
+        _signal_group(server.pid, signal.SIGKILL)  # anything the server itself started and left behind
+        if server.reader is not None:
+            server.reader.join(timeout=2)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)

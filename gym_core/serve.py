@@ -1,0 +1,167 @@
+"""Run one server: `python -m gym_core.serve`, configured by the launcher through the environment.
+
+GYM_SERVER_NAME is the instance name, GYM_SERVER_SPEC the JSON of its resolved config block,
+GYM_REGISTRY_URL where to register. The process binds 127.0.0.1:0 itself (no pick-then-bind race),
+serves the app with uvicorn on that socket, registers its URL once it accepts connections, and
+deregisters when it stops (SIGTERM or SIGINT: graceful shutdown, exit code 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+from typing import Any
+
+import httpx
+from pydantic import ValidationError
+
+from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV
+from gym_core.server import GymServer, bind_socket, uvicorn_server
+
+SERVER_NAME_ENV = "GYM_SERVER_NAME"
+SERVER_SPEC_ENV = "GYM_SERVER_SPEC"
+REGISTER_ATTEMPTS = 5
+
+
+class ServeError(RuntimeError):
+    """A problem starting the server that the user can fix from the config."""
+
+
+def default_entrypoint(spec: dict[str, Any]) -> str:
+    """Where a server's class lives when its block has no `entrypoint:`."""
+    kind = spec.get("kind")
+    if kind == "resources":
+        return f"environments.{spec['env']}.app"
+    if kind == "agent":
+        return f"servers.agents.{spec['impl']}"
+    if kind == "policy":
+        return "servers.policy.server:PolicyServer"
+    raise ServeError(f"unknown kind {kind!r}")
+
+
+def load_server_class(entrypoint: str) -> type[GymServer]:
+    """Import `module:Class`, or the single GymServer subclass defined in `module`."""
+    module_name, _, attr = entrypoint.partition(":")
+    module = importlib.import_module(module_name)
+    if attr:
+        cls = getattr(module, attr, None)
+        if cls is None:
+            raise ServeError(f"entrypoint {entrypoint}: module {module_name} has no attribute {attr!r}")
+    else:
+        found = [obj for obj in vars(module).values()
+                 if isinstance(obj, type) and issubclass(obj, GymServer) and obj.__module__ == module.__name__]
+        if len(found) != 1:
+            names = ", ".join(c.__name__ for c in found) or "none"
+            raise ServeError(f"entrypoint {entrypoint}: expected exactly one GymServer subclass defined in "
+                             f"{module_name}, found {names}; write the entrypoint as {module_name}:ClassName")
+        cls = found[0]
+    if not (isinstance(cls, type) and issubclass(cls, GymServer)):
+        raise ServeError(f"entrypoint {entrypoint}: {cls!r} is not a subclass of gym_core.server.GymServer")
+    return cls
+
+
+def build_server(name: str, spec: dict[str, Any]) -> GymServer:
+    """Instantiate the server class a config block names, checking its kind."""
+    cls = load_server_class(spec.get("entrypoint") or default_entrypoint(spec))
+    declared = getattr(cls, "kind", None)
+    if declared != spec.get("kind"):
+        raise ServeError(f"{cls.__module__}.{cls.__name__} is a {declared} server but the config says "
+                         f"kind: {spec.get('kind')}")
+    try:
+        return cls(name, spec)
+    except ValidationError as exc:
+        lines = [f"servers.{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise ServeError("invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+async def _post_registry(registry_url: str, path: str, body: dict[str, Any], attempts: int) -> None:
+    """POST to the registry with a timeout, retrying only connection failures, a bounded number of times."""
+    async with httpx.AsyncClient(base_url=registry_url, timeout=5.0) as client:
+        for attempt in range(attempts):
+            try:
+                response = await client.post(path, json=body)
+                response.raise_for_status()
+                return
+            except httpx.TransportError:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.2 * 2**attempt)
+
+
+async def _stop_when_orphaned(uv: Any) -> None:
+    """Shut down if the launcher dies without stopping us (e.g. SIGKILL): no server outlives its launcher."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    uv.should_exit = True
+
+
+async def run(server: GymServer, registry_url: str) -> None:
+    """Serve `server` on a fresh 127.0.0.1 port until SIGTERM/SIGINT, registered for exactly that time."""
+    sock = bind_socket("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    uv = uvicorn_server(server.build_app(), log_level=os.environ.get("GYM_LOG_LEVEL", "info"),
+                        timeout_graceful_shutdown=5)
+
+    def stop(signum: int, frame: Any) -> None:
+        uv.should_exit = True
+
+    # uvicorn installs its own handlers while serving and re-raises the signal after shutting down;
+    # ours make that re-raise harmless, so we get to deregister and exit 0.
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    serving = asyncio.create_task(uv.serve(sockets=[sock]))
+    watchdog = asyncio.create_task(_stop_when_orphaned(uv))
+    while not uv.started and not serving.done():
+        await asyncio.sleep(0.01)
+    if serving.done():
+        await serving
+        return
+    info = {"name": server.name, "kind": server.kind, "url": url, "pid": os.getpid()}
+    try:
+        await _post_registry(registry_url, "/register", info, REGISTER_ATTEMPTS)
+    except httpx.HTTPError as exc:
+        uv.should_exit = True
+        await serving
+        raise ServeError(f"could not register with the registry at {registry_url}: {exc!r}") from None
+    print(f"serving {server.kind} server {server.name!r} at {url} (pid {os.getpid()})", flush=True)
+    try:
+        await serving
+    finally:
+        watchdog.cancel()
+        try:
+            await _post_registry(registry_url, "/deregister", {"name": server.name}, 1)
+        except httpx.HTTPError:
+            pass  # the registry is gone already (launcher stopping): nothing left to tell
+
+
+def _loop_factory() -> Any:
+    """uvloop's event loop when it is installed (it is with uvicorn[standard]), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def main() -> None:
+    """Entry point of `python -m gym_core.serve`."""
+    name = os.environ.get(SERVER_NAME_ENV)
+    spec_json = os.environ.get(SERVER_SPEC_ENV)
+    if not name or not spec_json:
+        sys.exit(f"gym_core.serve is started by the launcher (`gym up`): set {SERVER_NAME_ENV} and {SERVER_SPEC_ENV}")
+    registry_url = os.environ.get(REGISTRY_URL_ENV, DEFAULT_REGISTRY_URL)
+    try:
+        server = build_server(name, json.loads(spec_json))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(run(server, registry_url))
+    except ServeError as exc:
+        sys.exit(f"{name}: {exc}")
+
+
+if __name__ == "__main__":
+    main()
