@@ -1,0 +1,199 @@
+"""The tool-calling agent: the episode loop between a policy server and a resources server.
+
+`POST /run` takes a task row: seed the rollout's session on the resources server, then loop — ask the policy
+(`/v1/responses`, the full history each step), run every function call against the resources server,
+append the outputs — until the model answers without tool calls or `max_steps` model calls were made, then
+`/verify` and return the verify response, whose `response.output` is the whole episode with the policy's
+token fields still on the model items. `POST /v1/responses` runs the same loop without seeding or verifying.
+
+What the model did wrong (arguments that are not JSON, a tool that does not exist, arguments the tool
+rejects) becomes a `function_call_output` the model sees. What the infrastructure did wrong (a server down,
+an error status from the policy, the episode deadline) is an HTTP error from this server, never a reward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any, ClassVar
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, Field, ValidationError
+
+from gym_core.client import ServerNotRegistered, get_client
+from gym_core.protocol import ResponseCreateParams, TaskRow, dumps, loads
+from gym_core.server import SESSION_HEADER, GymServer, JSONResponse, ServerConfig, describe_validation_error, error_response
+
+# Statuses of a tool call that are the model's doing; their error body is shown to the model.
+MODEL_VISIBLE_STATUSES = frozenset({400, 404, 413, 422})
+
+
+class ToolCallingConfig(ServerConfig):
+    """The agent block: which policy and resources servers to use, and the episode's limits."""
+
+    policy: str
+    resources: str
+    max_steps: int = Field(8, ge=1)  # model calls per episode
+    episode_timeout_s: float = Field(600.0, gt=0)  # seed + all steps + verify
+
+
+class EpisodeError(Exception):
+    """The episode could not be completed for a reason outside the model; answered as an HTTP error."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
+class ToolCallingAgent(GymServer):
+    """Runs tool-calling episodes: `POST /run` (seed, loop, verify) and `POST /v1/responses` (loop only)."""
+
+    kind: ClassVar[str] = "agent"
+    config_model: ClassVar[type[BaseModel]] = ToolCallingConfig
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Register /run, /v1/responses and /aggregate_metrics."""
+        app.add_api_route("/run", self._run_route, methods=["POST"])
+        app.add_api_route("/v1/responses", self._responses_route, methods=["POST"])
+        app.add_api_route("/aggregate_metrics", self._metrics_route, methods=["POST"])
+
+    async def run(self, row: dict[str, Any], session_id: str) -> bytes:
+        """One whole rollout of a task row; returns the verify response's JSON."""
+        deadline = asyncio.get_running_loop().time() + self.config.episode_timeout_s
+        resources = self.config.resources
+        await self._call("resources", resources, "/seed_session", row, session_id, deadline)
+        response = await self.episode(row["responses_create_params"], session_id, deadline)
+        reply = await self._call("resources", resources, "/verify", {**row, "response": response},
+                                 session_id, deadline)
+        verified = _json_object(reply, "resources", resources, "/verify")
+        if not isinstance(verified.get("reward"), (int, float)):
+            raise EpisodeError(502, "resources_error", f"resources server {resources!r} /verify returned no "
+                                                       f"numeric 'reward' (keys: {sorted(verified)})")
+        if "response" in verified:  # the usual case: pass the verify body on untouched
+            return reply.content
+        return dumps({**verified, "response": response})
+
+    async def episode(self, params: dict[str, Any], session_id: str, deadline: float) -> dict[str, Any]:
+        """The model <-> tools loop; returns the episode as one Response (all output items, summed usage)."""
+        items = params["input"]
+        history = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items)
+        offered = {t.get("name") for t in params.get("tools") or [] if t.get("type", "function") == "function"}
+        outputs: list[dict[str, Any]] = []
+        usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        last: dict[str, Any] = {}
+        for _ in range(self.config.max_steps):
+            reply = await self._call("policy", self.config.policy, "/v1/responses",
+                                     {**params, "input": history + outputs}, session_id, deadline)
+            last = _json_object(reply, "policy", self.config.policy, "/v1/responses")
+            produced = last.get("output")
+            if not isinstance(produced, list):
+                raise EpisodeError(502, "policy_error", f"policy server {self.config.policy!r} returned a "
+                                                        "response without an `output` list")
+            outputs.extend(produced)
+            for key, value in (last.get("usage") or {}).items():
+                if key in usage and isinstance(value, int):
+                    usage[key] += value
+            calls = [item for item in produced if item.get("type") == "function_call"]
+            for call in calls:
+                output = await self._tool_output(call, offered, session_id, deadline)
+                outputs.append({"type": "function_call_output", "call_id": call.get("call_id"), "output": output})
+            if last.get("incomplete_details") or (not calls and any(i.get("type") == "message" for i in produced)):
+                break
+        return {**last, "output": outputs, "usage": usage}
+
+    async def _tool_output(self, call: dict[str, Any], offered: set[str], session_id: str, deadline: float) -> str:
+        """The text the model sees for one function call: the tool's result, or an error it can act on."""
+        name = call.get("name")
+        if name not in offered:
+            return _model_error("unknown_tool", f"no tool named {name!r}; available tools: {', '.join(sorted(offered))}")
+        try:
+            arguments = loads(call.get("arguments") or "{}")
+        except ValueError as exc:
+            return _model_error("invalid_arguments", f"arguments of {name!r} are not valid JSON ({exc})")
+        if not isinstance(arguments, dict):
+            return _model_error("invalid_arguments", f"arguments of {name!r} must be a JSON object")
+        reply = await self._call("resources", self.config.resources, f"/{name}", arguments, session_id, deadline,
+                                 ok=MODEL_VISIBLE_STATUSES)
+        return reply.text
+
+    async def _call(self, role: str, server: str, path: str, body: Any, session_id: str, deadline: float,
+                    ok: frozenset[int] = frozenset()) -> httpx.Response:
+        """POST to another server within the episode deadline; failures become `EpisodeError`s."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise _timeout(self.config.episode_timeout_s, role, path)
+        try:
+            reply = await get_client().post(server, path, body, headers={SESSION_HEADER: session_id},
+                                            timeout=remaining)
+        except httpx.TimeoutException:
+            raise _timeout(self.config.episode_timeout_s, role, path) from None
+        except (httpx.HTTPError, ServerNotRegistered) as exc:
+            raise EpisodeError(502, f"{role}_unreachable", f"{role} server {server!r} failed on {path}: {exc}") from None
+        if reply.is_success or reply.status_code in ok:
+            return reply
+        raise EpisodeError(502, f"{role}_error", f"{role} server {server!r} answered {reply.status_code} to "
+                                                 f"{path}: {reply.text[:1000]}")
+
+    async def _run_route(self, request: Request) -> Response:
+        try:
+            row = loads(await request.body())
+            TaskRow.model_validate(row)  # validate at the edge; the raw row is what travels on
+        except (ValidationError, ValueError) as err:
+            return _invalid(err, "/run expects a task row")
+        try:
+            # A fresh session per rollout: a caller reusing one header or cookie must not merge rollouts.
+            return Response(await self.run(row, uuid.uuid4().hex), media_type="application/json")
+        except EpisodeError as err:
+            return error_response(err.status, str(err), err.error_type)
+
+    async def _responses_route(self, request: Request) -> Response:
+        try:
+            params = loads(await request.body())
+            ResponseCreateParams.model_validate(params)
+        except (ValidationError, ValueError) as err:
+            return _invalid(err, "/v1/responses expects a Responses create body")
+        # Use the caller's session when it names one (it may have seeded the resources server itself).
+        session_id = request.headers.get(SESSION_HEADER) or uuid.uuid4().hex
+        deadline = asyncio.get_running_loop().time() + self.config.episode_timeout_s
+        try:
+            return JSONResponse(await self.episode(params, session_id, deadline))
+        except EpisodeError as err:
+            return error_response(err.status, str(err), err.error_type)
+
+    async def _metrics_route(self, request: Request) -> Response:
+        """Metrics are the environment's to compute: forward to the resources server."""
+        try:
+            reply = await get_client().post(self.config.resources, "/aggregate_metrics", loads(await request.body()))
+        except ValueError as err:
+            return _invalid(err, "/aggregate_metrics expects JSON")
+        except (httpx.HTTPError, ServerNotRegistered) as exc:
+            return error_response(502, f"resources server {self.config.resources!r} failed: {exc}", "resources_error")
+        return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+
+
+def _json_object(reply: httpx.Response, role: str, server: str, path: str) -> dict[str, Any]:
+    try:
+        body = loads(reply.content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise EpisodeError(502, f"{role}_error", f"{role} server {server!r} {path} did not return a JSON object")
+    return body
+
+
+def _model_error(error_type: str, message: str) -> str:
+    """An error result in the same shape the resources server uses, so the model sees one format."""
+    return dumps({"error": {"type": error_type, "message": message}}).decode()
+
+
+def _timeout(limit: float, role: str, path: str) -> EpisodeError:
+    return EpisodeError(504, "episode_timeout", f"episode exceeded episode_timeout_s={limit:g} s "
+                                                f"(waiting on the {role} server's {path})")
+
+
+def _invalid(err: Exception, what: str) -> JSONResponse:
+    detail = describe_validation_error(err) if isinstance(err, ValidationError) else f"body is not JSON ({err})"
+    return error_response(422, f"{what}: {detail}")

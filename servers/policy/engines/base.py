@@ -1,0 +1,71 @@
+"""The engine interface the policy server runs on, and how an `engine:` name finds its class.
+
+An engine turns a chat-completions request into a completion. It owns everything model-specific (upstream
+URLs, weights, tokenizer); the policy server owns HTTP and the Responses conversion. A new engine (the
+native torch model, vLLM in-process) is a class with `config_model` and `chat`, plus one line in `ENGINES`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse
+
+# engine name -> "module:Class"; imported only when chosen, so torch/vLLM load only for the engines using them.
+ENGINES: dict[str, str] = {
+    "scripted": "servers.policy.engines.scripted:ScriptedEngine",
+    "openai": "servers.policy.engines.openai:OpenAIEngine",
+}
+
+
+class EngineConfig(BaseModel):
+    """Settings an engine reads from the policy server's config block (other keys are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str | None = None  # the model name served; defaults to the policy server's instance name
+
+
+class EngineError(Exception):
+    """A generation that failed; the policy server answers `status` with this message."""
+
+    def __init__(self, message: str, status: int = 502, error_type: str = "engine_error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+
+
+class Engine(ABC):
+    """Generates chat completions for the policy server."""
+
+    config_model: ClassVar[type[EngineConfig]] = EngineConfig
+
+    def __init__(self, config: EngineConfig, model_name: str) -> None:
+        self.config = config
+        self.model_name = model_name
+
+    async def start(self) -> None:
+        """Open clients or load weights (called once, before the first request)."""
+
+    async def close(self) -> None:
+        """Release what `start` opened."""
+
+    @abstractmethod
+    async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
+        """One completion for `request`; `session_id` identifies the rollout (for sticky routing or caches)."""
+
+
+def create_engine(name: str, config: dict[str, Any], model_name: str) -> Engine:
+    """Instantiate the engine registered as `name` from the policy server's config block."""
+    target = ENGINES.get(name) or (name if ":" in name else None)
+    if target is None:
+        raise ValueError(f"unknown policy engine {name!r}; available: {', '.join(ENGINES)} (or 'module:Class')")
+    module_name, _, class_name = target.partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Engine)):
+        raise TypeError(f"{target} is not an Engine subclass")
+    engine_config = cls.config_model.model_validate(config)
+    return cls(engine_config, engine_config.model or model_name)

@@ -1,0 +1,126 @@
+"""A scripted, rule-based policy for tests and demos: deterministic, instant, and not a language model.
+
+Rules, applied to the conversation since the last user message:
+1. tools offered and none called yet -> call the tool whose name/description best matches the user's words,
+   with arguments read off the user's text (strings: the last capitalized phrase; numbers: the first number);
+2. a tool has answered -> reply in text built from its result ("city: Paris, temperature_c: 18, ...");
+3. otherwise -> reply with a fixed acknowledgement.
+It produces no token ids or log-probs (there is no tokenizer); usage counts whitespace-separated words.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from gym_core.protocol import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatFunction,
+    ChatMessage,
+    ChatToolCall,
+    ChatUsage,
+    ContentPart,
+    dumps,
+    loads,
+)
+from servers.policy.engines.base import Engine
+
+_PHRASE = re.compile(r"[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class ScriptedEngine(Engine):
+    """The rule-based stand-in for a model (see the module docstring for its rules)."""
+
+    async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
+        """Apply the rules to the conversation and return one completion."""
+        message = scripted_reply(request)
+        prompt_words = sum(len(_text(m.content).split()) for m in request.messages)
+        completion_words = len(_text(message.content).split()) + sum(
+            len(c.function.arguments.split()) for c in message.tool_calls or [])
+        return ChatCompletionResponse(
+            model=self.model_name,
+            choices=[ChatChoice(message=message, finish_reason="tool_calls" if message.tool_calls else "stop")],
+            usage=ChatUsage(prompt_tokens=prompt_words, completion_tokens=completion_words,
+                            total_tokens=prompt_words + completion_words),
+        )
+
+
+def scripted_reply(request: ChatCompletionRequest) -> ChatMessage:
+    """The scripted assistant message for a conversation."""
+    last_user = max((i for i, m in enumerate(request.messages) if m.role == "user"), default=-1)
+    user_text = _text(request.messages[last_user].content) if last_user >= 0 else ""
+    since_user = request.messages[last_user + 1:]
+    tool_results = [m for m in since_user if m.role == "tool"]
+    if tool_results:
+        return ChatMessage(role="assistant", content=" ".join(_describe(_text(m.content)) for m in tool_results))
+    functions = [t.function for t in request.tools or []]
+    if functions and request.tool_choice != "none" and not any(m.tool_calls for m in since_user):
+        fn = _pick_tool(functions, user_text)
+        arguments = dumps(_arguments(fn, user_text)).decode()
+        call = ChatToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function={"name": fn.name, "arguments": arguments})
+        return ChatMessage(role="assistant", content=None, tool_calls=[call])
+    return ChatMessage(role="assistant", content="I have nothing to look up for that, so I cannot answer it.")
+
+
+def _pick_tool(functions: list[ChatFunction], user_text: str) -> ChatFunction:
+    """The tool sharing the most words with the user's text (ties: the first offered)."""
+    words = set(_WORD.findall(user_text.lower()))
+
+    def overlap(fn: ChatFunction) -> int:
+        return len(words & set(_WORD.findall(f"{fn.name.replace('_', ' ')} {fn.description or ''}".lower())))
+
+    return max(functions, key=overlap)
+
+
+def _arguments(fn: ChatFunction, user_text: str) -> dict[str, Any]:
+    """Arguments for `fn` read off the user's text, one per schema property it can fill."""
+    properties = (fn.parameters or {}).get("properties", {})
+    phrases = _names(user_text)
+    numbers = _NUMBER.findall(user_text)
+    args: dict[str, Any] = {}
+    for name, schema in properties.items():
+        kind = schema.get("type")
+        if "enum" in schema:
+            args[name] = next((v for v in schema["enum"] if str(v).lower() in user_text.lower()), schema["enum"][0])
+        elif kind == "string" and phrases:
+            args[name] = phrases[-1]
+        elif kind in ("integer", "number") and numbers:
+            args[name] = int(float(numbers[0])) if kind == "integer" else float(numbers[0])
+        elif kind == "boolean":
+            args[name] = "not" not in user_text.lower().split()
+        elif "default" in schema:
+            args[name] = schema["default"]
+    return args
+
+
+def _names(text: str) -> list[str]:
+    """Capitalized phrases that look like names, best last: those after "in/for/at/of/about" win."""
+    # A capitalized word that starts a sentence is grammar, not a name: skip those.
+    found = [m for m in _PHRASE.finditer(text) if m.start() > 0 and not re.search(r"[.?!]\s*$", text[:m.start()])]
+    after_preposition = [m for m in found if re.search(r"\b(in|for|at|of|about)\s+$", text[:m.start()])]
+    return [m.group() for m in found if m not in after_preposition] + [m.group() for m in after_preposition]
+
+
+def _describe(output: str) -> str:
+    """A text answer built from one tool result."""
+    try:
+        value = loads(output)
+    except ValueError:
+        return output
+    if isinstance(value, dict) and "error" in value:
+        error = value["error"]
+        return f"The tool failed: {error.get('message', error) if isinstance(error, dict) else error}"
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {val}" for key, val in value.items()) + "."
+    return output
+
+
+def _text(content: str | list[ContentPart] | None) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(part.text or "" for part in content)

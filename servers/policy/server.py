@@ -1,0 +1,89 @@
+"""The policy server: OpenAI-compatible routes over a pluggable engine chosen by `engine:` in its config."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from gym_core.protocol import ChatCompletionRequest, ResponseCreateParams, loads
+from gym_core.server import (
+    SESSION_HEADER,
+    GymServer,
+    JSONResponse,
+    ServerConfig,
+    describe_validation_error,
+    error_response,
+)
+from servers.policy.convert import ConversionError, chat_to_response, responses_to_chat
+from servers.policy.engines.base import Engine, EngineError, create_engine
+
+
+class PolicyConfig(ServerConfig):
+    """The policy block: `engine:` picks the engine; the engine reads its own keys from the same block."""
+
+    engine: str = "scripted"
+    model: str | None = None
+    api_key: SecretStr | None = None  # declared here so the validated config never holds it in plain text
+
+
+class PolicyServer(GymServer):
+    """`POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` over one engine."""
+
+    kind: ClassVar[str] = "policy"
+    config_model: ClassVar[type[BaseModel]] = PolicyConfig
+
+    def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
+        super().__init__(name, config)
+        self.engine: Engine = create_engine(self.config.engine, self.config.model_dump(), name)
+
+    async def startup(self) -> None:
+        """Start the engine."""
+        await self.engine.start()
+
+    async def shutdown(self) -> None:
+        """Stop the engine."""
+        await self.engine.close()
+
+    def add_routes(self, app: FastAPI) -> None:
+        """Register the OpenAI-compatible routes."""
+        app.add_api_route("/v1/chat/completions", self._chat_route, methods=["POST"])
+        app.add_api_route("/v1/responses", self._responses_route, methods=["POST"])
+        app.add_api_route("/v1/models", self._models_route, methods=["GET"])
+
+    async def _chat_route(self, request: Request) -> JSONResponse:
+        try:
+            chat = ChatCompletionRequest.model_validate(loads(await request.body()))
+        except (ValidationError, ValueError) as err:
+            return _invalid(err)
+        try:
+            completion = await self.engine.chat(chat, session_id=request.headers.get(SESSION_HEADER))
+        except EngineError as err:
+            return error_response(err.status, str(err), err.error_type)
+        return JSONResponse(completion)
+
+    async def _responses_route(self, request: Request) -> JSONResponse:
+        try:
+            params = ResponseCreateParams.model_validate(loads(await request.body()))
+            if (params.model_extra or {}).get("stream"):
+                return error_response(422, "streaming is not supported; send stream: false")
+            chat = responses_to_chat(params)
+        except (ValidationError, ValueError) as err:  # ConversionError is a ValueError
+            return _invalid(err)
+        try:
+            completion = await self.engine.chat(chat, session_id=request.headers.get(SESSION_HEADER))
+        except EngineError as err:
+            return error_response(err.status, str(err), err.error_type)
+        return JSONResponse(chat_to_response(completion, params))
+
+    async def _models_route(self) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": self.engine.model_name, "object": "model", "owned_by": "gym"}]}
+
+
+def _invalid(err: Exception) -> JSONResponse:
+    if isinstance(err, ValidationError):
+        return error_response(422, describe_validation_error(err))
+    if isinstance(err, ConversionError):
+        return error_response(422, str(err))
+    return error_response(422, f"body is not JSON ({err})")
