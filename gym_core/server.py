@@ -132,6 +132,8 @@ class GymServer:
 
     async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        if isinstance(exc.__cause__, _BodyTooLarge):  # FastAPI wraps errors raised while it reads the body
+            return error_response(413, str(exc.__cause__))
         if exc.status_code == 404 and exc.detail == "Not Found":
             message = f"server {self.name!r} has no route {request.method} {request.url.path}" + _routes_hint(request)
         elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
@@ -209,9 +211,9 @@ class EdgeMiddleware:
 
         try:
             await self.app(scope, self._limited(receive), send_with_session)
-        except _BodyTooLarge:
+        except _BodyTooLarge as exc:
             if not started:
-                await self._send_error(send_with_session, 413, self._too_large_message(), None)
+                await self._send_error(send_with_session, 413, str(exc), None)
         except Exception as exc:
             log.exception("server %r: unhandled error in %s %s", self.name, scope.get("method"), scope.get("path"))
             if not started:
@@ -230,7 +232,7 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(self._too_large_message())
             return message
 
         return receive_limited

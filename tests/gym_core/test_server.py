@@ -1,0 +1,189 @@
+"""GymServer base: health, JSON error bodies, the body-size limit, sessions, lifespan hooks."""
+
+from __future__ import annotations
+
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI, HTTPException, Request
+from pydantic import BaseModel
+
+from gym_core.protocol import TaskRow
+from gym_core.server import SESSION_HEADER, GymServer, ServerConfig, serve_in_background, session_id_of
+
+
+class EchoConfig(ServerConfig):
+    greeting: str = "hi"
+
+
+class EchoServer(GymServer):
+    """A small server exercising the base: a typed route, a bug, a 404 of its own, a session echo."""
+
+    kind = "resources"
+    config_model = EchoConfig
+
+    def __init__(self, name: str, config: dict) -> None:
+        super().__init__(name, config)
+        self.events: list[str] = []
+
+    def add_routes(self, app: FastAPI) -> None:
+        @app.post("/row")
+        async def row(body: TaskRow) -> dict:
+            return {"extra": body.extra, "greeting": self.config.greeting}
+
+        @app.post("/bug")
+        async def bug() -> dict:
+            raise RuntimeError("password=hunter2 leaked in a repr")
+
+        @app.post("/lookup")
+        async def lookup() -> dict:
+            raise HTTPException(404, "unknown tool 'teleport'; tools: get_weather")
+
+        @app.post("/session")
+        async def session(request: Request) -> dict:
+            return {"session_id": session_id_of(request)}
+
+    async def startup(self) -> None:
+        self.events.append("startup")
+
+    async def shutdown(self) -> None:
+        self.events.append("shutdown")
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[EchoServer, httpx.AsyncClient]]:
+    echo = EchoServer("echo", {"greeting": "hello", "max_request_bytes": 4096})
+    # A client that keeps no cookies, like ours and NeMo Gym's: each test sends the cookie it means to.
+    no_jar = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    async with serve_in_background(echo.build_app()) as url, httpx.AsyncClient(base_url=url, cookies=no_jar) as http:
+        yield echo, http
+
+
+async def test_health_on_both_paths(server) -> None:
+    _, http = server
+    for path in ("/health", "/"):
+        response = await http.get(path)
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok", "name": "echo", "kind": "resources"}
+
+
+async def test_config_is_validated_once_into_the_model() -> None:
+    assert EchoServer("e", {"greeting": "yo", "kind": "resources"}).config.greeting == "yo"
+    with pytest.raises(ValueError, match="max_request_bytes"):
+        EchoServer("e", {"max_request_bytes": "lots"})
+
+
+async def test_invalid_input_is_422_naming_the_field(server) -> None:
+    _, http = server
+    response = await http.post("/row", json={"responses_create_params": {"input": 3}, "secret": "s3cr3t"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request"
+    assert "responses_create_params.input" in error["message"]
+    assert "s3cr3t" not in response.text and "tagged-union" not in response.text
+    response = await http.post("/row", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422 and "error" in response.json()
+
+
+async def test_valid_row_reaches_the_route(server) -> None:
+    _, http = server
+    response = await http.post("/row", json={"responses_create_params": {"input": "x"}, "expected": 1})
+    assert response.json() == {"extra": {"expected": 1}, "greeting": "hello"}
+
+
+async def test_unknown_route_and_unknown_tool_are_404(server) -> None:
+    _, http = server
+    response = await http.post("/teleport", json={})
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found"
+    assert "/teleport" in response.json()["error"]["message"] and "/row" in response.json()["error"]["message"]
+    response = await http.post("/lookup", json={})
+    assert response.status_code == 404
+    assert response.json() == {"error": {"type": "not_found", "message": "unknown tool 'teleport'; tools: get_weather"}}
+    response = await http.get("/row")
+    assert response.status_code == 405 and response.json()["error"]["type"] == "method_not_allowed"
+
+
+async def test_bug_is_500_without_repr_and_logged(server, caplog) -> None:
+    _, http = server
+    with caplog.at_level(logging.ERROR, logger="gym_core.server"):
+        response = await http.post("/bug", json={})
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert error["type"] == "internal_error" and "RuntimeError" in error["message"]
+    assert "hunter2" not in response.text and "Traceback" not in response.text
+    assert any(record.exc_info and "hunter2" in str(record.exc_info[1]) for record in caplog.records)
+
+
+async def test_body_over_the_limit_is_413(server) -> None:
+    _, http = server
+    response = await http.post("/row", content=b"x" * 5000, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["type"] == "payload_too_large"
+    assert "4096" in response.json()["error"]["message"]
+
+    async def chunks() -> AsyncIterator[bytes]:  # no content-length: the limit must count what arrives
+        for _ in range(10):
+            yield b" " * 1000
+
+    response = await http.post("/row", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["type"] == "payload_too_large"
+
+
+async def test_session_header_wins_and_is_echoed_in_header_and_cookie(server) -> None:
+    _, http = server
+    response = await http.post("/session", headers={SESSION_HEADER: "rollout-7"})
+    assert response.json() == {"session_id": "rollout-7"}
+    assert response.headers[SESSION_HEADER] == "rollout-7"
+    assert "gym_session_echo=" in response.headers["set-cookie"]
+
+
+async def test_session_cookie_carries_the_id_for_cookie_clients(server) -> None:
+    _, http = server
+    first = await http.post("/session")  # a NeMo Gym client: no header, keeps the cookie
+    session_id = first.json()["session_id"]
+    assert first.headers[SESSION_HEADER] == session_id
+    cookie = first.headers["set-cookie"].split(";")[0]
+    again = await http.post("/session", headers={"cookie": cookie})
+    assert again.json()["session_id"] == session_id
+    assert "set-cookie" not in again.headers  # already valid: no need to sign it again
+    other = await http.post("/session")
+    assert other.json()["session_id"] != session_id
+
+
+async def test_tampered_cookie_gets_a_fresh_session(server) -> None:
+    _, http = server
+    response = await http.post("/session", headers={"cookie": "gym_session_echo=chosen-id.forged"})
+    assert response.json()["session_id"] != "chosen-id"
+
+
+async def test_session_id_of_without_the_middleware() -> None:
+    app = FastAPI()
+
+    @app.get("/")
+    async def root(request: Request) -> dict:
+        return {"a": session_id_of(request), "b": session_id_of(request)}
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.get("/", headers={SESSION_HEADER: "s1"})).json() == {"a": "s1", "b": "s1"}
+        body = (await http.get("/")).json()
+        assert body["a"] == body["b"] and len(body["a"]) == 32
+
+
+async def test_lifespan_runs_startup_then_shutdown() -> None:
+    echo = EchoServer("echo", {})
+    async with serve_in_background(echo.build_app()) as url:
+        assert echo.events == ["startup"]
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(url + "/health")).status_code == 200
+    assert echo.events == ["startup", "shutdown"]
+
+
+async def test_config_may_be_a_model_instance() -> None:
+    class Tiny(BaseModel):
+        greeting: str = "hey"
+
+    assert EchoServer("e", Tiny()).config.greeting == "hey"  # type: ignore[arg-type]
