@@ -157,6 +157,8 @@ def _parse_json(body: str) -> ToolCall:
         obj = json.loads(body)
     except json.JSONDecodeError as error:
         raise ToolCallError(f"invalid JSON in <tool_call>: {error.msg} at char {error.pos}") from None
+    except RecursionError:
+        raise ToolCallError("JSON in <tool_call> is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ToolCallError("JSON tool call must be an object")
     name = obj.get("name")
@@ -166,7 +168,7 @@ def _parse_json(body: str) -> ToolCall:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             raise ToolCallError(f'"arguments" of {name} is a string but not JSON') from None
     if not isinstance(arguments, dict):
         raise ToolCallError(f'"arguments" of {name} must be an object')

@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/build_builtin.py [--out model/builtin/tiny]
 
-Writes a byte-level BPE tokenizer, the Nemotron 3 style chat template, a HF `nemotron_h` config.json and
-randomly initialised weights with the HF checkpoint names. The result loads with `model.load("builtin:tiny")`,
+Writes a byte-level BPE tokenizer, the Nemotron 3 style chat template, and a randomly initialised model saved
+by `model.save` (HF `nemotron_h` config.json + model.safetensors with the HF checkpoint names). The result loads with `model.load("builtin:tiny")`,
 `ChatTokenizer.from_pretrained("builtin:tiny")` and transformers' `NemotronHForCausalLM.from_pretrained`.
 """
 
@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from model.config import NemotronHConfig  # noqa: E402
-from model.tokenizer import DEFAULT_TEMPLATE, ChatTokenizer, render_chat_template  # noqa: E402
+from model.loader import save  # noqa: E402
+from model.nemotron_h import NemotronHForCausalLM  # noqa: E402
+from model.tokenizer import DEFAULT_TEMPLATE, render_chat_template  # noqa: E402
 
 SEED = 0
 BPE_VOCAB = 512
@@ -83,67 +83,6 @@ def _corpus() -> list[str]:
     return [_SAMPLE_TEXT, chat] * 4
 
 
-def init_weights(config: NemotronHConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random weights under their HF checkpoint names, initialised the way HF NemotronH initialises them."""
-    h, e = config.hidden_size, config.extra
-
-    def normal(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=generator) * 0.02
-
-    def uniform(bound: float, *shape: int) -> torch.Tensor:
-        return (torch.rand(*shape, generator=generator) * 2 - 1) * bound
-
-    weights = {"backbone.embeddings.weight": normal(config.vocab_size, h)}
-    for i, kind in enumerate(config.hybrid_override_pattern):
-        prefix = f"backbone.layers.{i}."
-        weights[prefix + "norm.weight"] = torch.ones(h)
-        mixer = {"M": _mamba, "*": _attention, "E": _moe, "-": _mlp}[kind](config, normal, uniform, e)
-        weights.update({prefix + "mixer." + name: w for name, w in mixer.items()})
-    weights["backbone.norm_f.weight"] = torch.ones(h)
-    weights["lm_head.weight"] = normal(config.vocab_size, h)
-    return {name: w.contiguous() for name, w in weights.items()}
-
-
-def _mamba(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
-    heads, inner, conv_dim, k = config.mamba_num_heads, config.mamba_intermediate, config.conv_dim, config.conv_kernel
-    lo, hi = math.log(extra["time_step_min"]), math.log(extra["time_step_max"])
-    dt = torch.exp(uniform(1.0, heads) * (hi - lo) / 2 + (hi + lo) / 2).clamp(min=extra["time_step_floor"])
-    return {
-        "in_proj.weight": normal(inner + conv_dim + heads, config.hidden_size),
-        "conv1d.weight": uniform(1 / math.sqrt(k), conv_dim, 1, k),
-        "conv1d.bias": uniform(1 / math.sqrt(k), conv_dim),
-        "dt_bias": dt + torch.log(-torch.expm1(-dt)),  # inverse softplus, so softplus(dt_bias) = dt
-        "A_log": torch.log(torch.arange(1, heads + 1, dtype=torch.float32)),
-        "D": torch.ones(heads),
-        "norm.weight": torch.ones(inner),
-        "out_proj.weight": normal(config.hidden_size, inner) / math.sqrt(config.num_hidden_layers),
-    }
-
-
-def _attention(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
-    h, q, kv = config.hidden_size, config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-    return {"q_proj.weight": normal(q, h), "k_proj.weight": normal(kv, h), "v_proj.weight": normal(kv, h),
-            "o_proj.weight": normal(h, q) / math.sqrt(config.num_hidden_layers)}
-
-
-def _moe(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
-    h, width, shared = config.hidden_size, config.moe_intermediate_size, config.moe_shared_expert_intermediate_size
-    out = {"gate.weight": normal(config.n_routed_experts, h),
-           # small random bias (HF starts at 0) so tests see selection differ from the raw sigmoid ranking
-           "gate.e_score_correction_bias": uniform(0.01, config.n_routed_experts)}
-    for j in range(config.n_routed_experts):
-        out[f"experts.{j}.up_proj.weight"] = normal(width, h)
-        out[f"experts.{j}.down_proj.weight"] = normal(h, width)
-    out["shared_experts.up_proj.weight"] = normal(shared, h)
-    out["shared_experts.down_proj.weight"] = normal(h, shared)
-    return out
-
-
-def _mlp(config, normal, uniform, extra) -> dict[str, torch.Tensor]:
-    return {"up_proj.weight": normal(config.intermediate_size, config.hidden_size),
-            "down_proj.weight": normal(config.hidden_size, config.intermediate_size)}
-
-
 def build(out: Path) -> None:
     """Write the whole checkpoint directory."""
     out.mkdir(parents=True, exist_ok=True)
@@ -161,11 +100,15 @@ def build(out: Path) -> None:
         "bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids[IM_END]], "pad_token_id": ids[PAD]})
     config = NemotronHConfig(vocab_size=tokenizer.get_vocab_size(), bos_token_id=ids[BOS],
                              eos_token_id=ids[EOS], pad_token_id=ids[PAD], **TINY_CONFIG)
-    _write_json(out / "config.json", config.to_hf())
-    weights = init_weights(config, torch.Generator().manual_seed(SEED))
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    params = sum(w.numel() for w in weights.values())
-    print(f"wrote {out} ({params / 1e6:.2f}M parameters, vocab {config.vocab_size})")
+    torch.manual_seed(SEED)
+    model = NemotronHForCausalLM(config)
+    with torch.no_grad():
+        for name, bias in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                # HF starts this at 0; a small random bias makes expert selection differ from the sigmoid ranking
+                bias.uniform_(-0.01, 0.01)
+    save(model, out)
+    print(f"wrote {out} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, vocab {config.vocab_size})")
 
 
 def _write_json(path: Path, data: dict) -> None:
