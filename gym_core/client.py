@@ -237,7 +237,11 @@ def parse_json(response: httpx.Response, server: str) -> Any:
         body = response.text
     if response.is_success:
         return body
-    message = body["error"].get("message") if isinstance(body, dict) and isinstance(body.get("error"), dict) else body
+    message = body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = body["error"].get("message", body)
+    elif isinstance(body, dict) and "detail" in body:  # FastAPI's default error body (servers not built on ours)
+        message = body["detail"]
     raise ServerError(
         f"server {server!r} answered {response.status_code} to {response.request.method} "
         f"{response.request.url.path}: {str(message)[:2000]}",

@@ -310,7 +310,7 @@ def uvicorn_server(app: FastAPI, *, log_level: str = "warning", **overrides: Any
     """A uvicorn server tuned for us: uvloop + httptools, keep-alive longer than our client's (15 s)."""
     options: dict[str, Any] = dict(
         loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
-        timeout_keep_alive=30, backlog=4096, access_log=False,
+        timeout_keep_alive=30, backlog=4096, access_log=False, timeout_graceful_shutdown=10,
     )
     options.update(overrides)
     return uvicorn.Server(uvicorn.Config(app, **options))
@@ -328,7 +328,9 @@ class _InProcessServer(uvicorn.Server):
 async def serve_in_background(app: FastAPI, startup_timeout: float = 10.0) -> AsyncIterator[str]:
     """Serve `app` on a free loopback port inside the running loop; yields its base URL; always stops it."""
     sock = bind_socket()
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=30)
+    config = uvicorn.Config(
+        app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=1
+    )
     server = _InProcessServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:

@@ -1,0 +1,236 @@
+"""ServiceClient: timeouts, retries only for connection failures (bounded), registry lookup, no cookie jar."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from fastapi import FastAPI, HTTPException, Request, Response
+
+from gym_core.client import (
+    REGISTRY_URL_ENV,
+    CallTimeout,
+    ServerError,
+    ServerNotRegistered,
+    ServerUnreachable,
+    ServiceClient,
+    close_client,
+    get_client,
+)
+from gym_core.server import bind_socket, serve_in_background
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (bound then closed, so the kernel refuses connections)."""
+    sock = bind_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
+
+
+def target_app(hits: dict[str, int]) -> FastAPI:
+    """The server the client talks to; `hits` counts requests per route so tests can see retries."""
+    app = FastAPI()
+
+    @app.post("/echo")
+    async def echo(request: Request) -> dict:
+        hits["echo"] = hits.get("echo", 0) + 1
+        return {"body": await request.json(), "cookie": request.headers.get("cookie")}
+
+    @app.get("/sleep/{seconds}")
+    async def sleep(seconds: float) -> dict:
+        hits["sleep"] = hits.get("sleep", 0) + 1
+        await asyncio.sleep(seconds)
+        return {"slept": seconds}
+
+    @app.post("/fail")
+    async def fail() -> None:
+        hits["fail"] = hits.get("fail", 0) + 1
+        raise HTTPException(422, "invalid request: body.reward: Field required")
+
+    @app.get("/set-cookie")
+    async def set_cookie(response: Response) -> dict:
+        response.set_cookie("gym_session_x", "abc")
+        return {}
+
+    return app
+
+
+def registry_stub(entries: dict[str, str], lookups: list[str]) -> FastAPI:
+    """Test double of the launcher's registry: GET /servers and GET /servers/{name} from a dict."""
+    app = FastAPI()
+
+    @app.get("/servers")
+    async def servers() -> list:
+        return [{"name": name, "kind": "resources", "url": url, "pid": 0} for name, url in entries.items()]
+
+    @app.get("/servers/{name}")
+    async def server(name: str) -> dict:
+        lookups.append(name)
+        if name not in entries:
+            raise HTTPException(404, f"no server {name!r}")
+        return {"name": name, "kind": "resources", "url": entries[name], "pid": 0}
+
+    return app
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[tuple[str, dict[str, int]]]:
+    hits: dict[str, int] = {}
+    async with serve_in_background(target_app(hits)) as url:
+        yield url, hits
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[ServiceClient]:
+    service = ServiceClient(registry_url=closed_port_url())
+    yield service
+    await service.aclose()
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_post_and_get_by_url(target, transport: str) -> None:
+    url, hits = target
+    service = ServiceClient(transport=transport)  # type: ignore[arg-type]
+    try:
+        response = await service.post(url, "echo", {"a": [1, 2]}, headers={"X-Session-Id": "s"})
+        assert response.status_code == 200 and response.json()["body"] == {"a": [1, 2]}
+        assert (await service.get(url + "/", "/sleep/0")).json() == {"slept": 0}
+    finally:
+        await service.aclose()
+
+
+async def test_closed_port_fails_fast_after_bounded_tries(client: ServiceClient) -> None:
+    url = closed_port_url()
+    attempts = 0
+    send = client.http.request
+
+    async def counting_request(*args, **kwargs):
+        nonlocal attempts
+        attempts += 1
+        return await send(*args, **kwargs)
+
+    client.http.request = counting_request  # type: ignore[method-assign]
+    started = time.perf_counter()
+    with pytest.raises(ServerUnreachable, match=r"after 3 tries.*is it running") as caught:
+        await client.post(url, "/run", {"x": 1})
+    assert attempts == 3
+    assert time.perf_counter() - started < 2.0
+    assert isinstance(caught.value, httpx.ConnectError)  # callers catching httpx errors still do
+
+
+async def test_timeout_is_honoured_and_not_retried(target, client: ServiceClient) -> None:
+    url, hits = target
+    started = time.perf_counter()
+    with pytest.raises(CallTimeout, match=r"within 0.3 s.*timeout="):
+        await client.get(url, "/sleep/5", timeout=0.3)
+    assert time.perf_counter() - started < 2.0
+    assert hits["sleep"] == 1
+
+
+async def test_per_call_timeout_overrides_the_default(target) -> None:
+    url, _ = target
+    service = ServiceClient(timeout=0.1)
+    try:
+        with pytest.raises(CallTimeout):
+            await service.get(url, "/sleep/0.5")
+        assert (await service.get(url, "/sleep/0.5", timeout=5)).json() == {"slept": 0.5}
+    finally:
+        await service.aclose()
+
+
+async def test_http_errors_are_returned_not_retried(target, client: ServiceClient) -> None:
+    url, hits = target
+    response = await client.post(url, "/fail", {})
+    assert response.status_code == 422 and hits["fail"] == 1
+    with pytest.raises(ServerError, match=r"answered 422 to POST /fail: invalid request: body.reward") as caught:
+        await client.post_json(url, "/fail", {})
+    assert caught.value.status == 422 and hits["fail"] == 2
+
+
+async def test_dropped_connection_after_send_is_not_retried(client: ServiceClient) -> None:
+    received = 0
+
+    async def read_then_hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await reader.readuntil(b"\r\n\r\n")
+        received += 1
+        writer.close()
+
+    server = await asyncio.start_server(read_then_hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(httpx.TransportError) as caught:
+            await client.post(f"http://127.0.0.1:{port}", "/tool", {"a": 1})
+        assert not isinstance(caught.value, (ServerUnreachable, httpx.TimeoutException))
+        assert received == 1  # the request may have run: repeating it is not the client's call
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_cookies_are_never_stored(target, client: ServiceClient) -> None:
+    url, _ = target
+    response = await client.get(url, "/set-cookie")
+    assert "gym_session_x=abc" in response.headers["set-cookie"]
+    assert (await client.post(url, "/echo", {})).json()["cookie"] is None
+    explicit = await client.post(url, "/echo", {}, headers={"cookie": "gym_session_x=abc"})
+    assert explicit.json()["cookie"] == "gym_session_x=abc"
+
+
+async def test_registry_lookup_is_cached_and_shared(target, monkeypatch) -> None:
+    url, hits = target
+    lookups: list[str] = []
+    async with serve_in_background(registry_stub({"weather": url}, lookups)) as registry:
+        monkeypatch.setenv(REGISTRY_URL_ENV, registry)
+        service = ServiceClient()
+        try:
+            urls = await asyncio.gather(*(service.url_of("weather") for _ in range(50)))
+            assert set(urls) == {url} and lookups == ["weather"]
+            await service.post("weather", "/echo", {"n": 1})
+            await service.post("weather", "echo", {"n": 2})
+            assert lookups == ["weather"] and hits["echo"] == 2
+        finally:
+            await service.aclose()
+
+
+async def test_unregistered_name_says_what_to_do(target) -> None:
+    url, _ = target
+    async with serve_in_background(registry_stub({"weather": url}, [])) as registry:
+        service = ServiceClient(registry_url=registry)
+        try:
+            with pytest.raises(ServerNotRegistered, match=r"'wether' is not registered.*registered: weather.*gym up"):
+                await service.post("wether", "/echo", {})
+        finally:
+            await service.aclose()
+
+
+async def test_registry_down_names_the_env_var(client: ServiceClient) -> None:
+    with pytest.raises(ServerUnreachable, match=rf"registry at {client.registry_url}.*gym up.*{REGISTRY_URL_ENV}"):
+        await client.url_of("policy")
+
+
+async def test_moved_server_is_looked_up_again(target) -> None:
+    url, hits = target
+    entries = {"weather": closed_port_url()}  # a stale entry: the server restarted elsewhere
+    lookups: list[str] = []
+    async with serve_in_background(registry_stub(entries, lookups)) as registry:
+        service = ServiceClient(registry_url=registry)
+        try:
+            await service.url_of("weather")
+            entries["weather"] = url
+            assert (await service.post("weather", "/echo", {"n": 1})).status_code == 200
+            assert lookups == ["weather", "weather"] and hits["echo"] == 1
+        finally:
+            await service.aclose()
+
+
+async def test_get_client_is_one_per_loop() -> None:
+    first = get_client()
+    assert get_client() is first
+    await close_client()
+    assert get_client() is not first
+    await close_client()
