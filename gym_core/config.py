@@ -331,7 +331,7 @@ def _check_implementation(block: dict, err: Any) -> list[str]:
         return []
     value = block.get(key)
     if not isinstance(value, str) or not value:
-        return [err(None, f"a {kind} server needs `{key}:` (the {what}) or `entrypoint: module:Class`")]
+        return [err(None, f"a server of kind {kind} needs `{key}:` (the {what}) or `entrypoint: module:Class`")]
     available = _modules_in(package, want_package=kind == "resources")
     if available is not None and value not in available:
         known = ", ".join(sorted(available)) or "none"

@@ -1,0 +1,241 @@
+"""The `gym` command: start and stop servers from a YAML file, list them, collect rollouts, test environments.
+
+  gym up examples/quickstart.yaml servers.agent.max_steps=4     # start everything; Ctrl-C stops it
+  gym status                                                    # what is running (asks the registry)
+  gym rollout --agent agent --input data.jsonl --output out/rollouts.jsonl --num-repeats 4
+  gym down                                                      # stop what `gym up` started
+  gym env test weather                                          # run an environment's tests
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import difflib
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, close_client, get_client
+from gym_core.config import ConfigError
+from gym_core.launcher import LaunchError, format_table, launch
+from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, DataError, collect, count_rows, read_rows
+
+REGISTRY_HELP = f"registry URL (default: ${REGISTRY_URL_ENV}, else {DEFAULT_REGISTRY_URL})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `gym` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (ConfigError, LaunchError, DataError, OSError) as exc:
+        print(f"gym {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of every subcommand."""
+    parser = argparse.ArgumentParser(prog="gym", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start the registry and every server of a config; Ctrl-C stops them",
+                             description="Start the registry and every server in CONFIG, each as its own process. "
+                             "Blocks until Ctrl-C, SIGTERM or `gym down`, then stops them all.")
+    up.add_argument("config", help="YAML config file (see examples/quickstart.yaml)")
+    up.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, values parsed as YAML")
+    up.add_argument("--registry-port", type=int, default=_default_port(),
+                    help="port of the registry (default 11000; 0 picks a free one)")
+    up.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for servers to be healthy")
+    up.set_defaults(handler=cmd_up)
+
+    status = commands.add_parser("status", help="list the running servers",
+                                 description="List the servers registered with the registry and check their health.")
+    status.add_argument("--registry", default=None, help=REGISTRY_HELP)
+    status.set_defaults(handler=cmd_status)
+
+    down = commands.add_parser("down", help="stop the servers started by `gym up`",
+                               description="Ask the `gym up` behind the registry to stop every server it started.")
+    down.add_argument("--registry", default=None, help=REGISTRY_HELP)
+    down.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for everything to stop")
+    down.set_defaults(handler=cmd_down)
+
+    _add_rollout_parser(commands)
+
+    env = commands.add_parser("env", help="environment tools", description="Environment tools.")
+    env_commands = env.add_subparsers(dest="env_command", metavar="COMMAND", required=True)
+    test = env_commands.add_parser("test", help="run an environment's tests with pytest",
+                                   description="Run pytest on environments/NAME (extra arguments go to pytest).")
+    test.add_argument("name", help="environment name, e.g. weather")
+    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
+    test.set_defaults(handler=cmd_env_test)
+    return parser
+
+
+def _add_rollout_parser(commands: Any) -> None:
+    rollout = commands.add_parser(
+        "rollout", help="collect rollouts from an agent into JSONL",
+        description="POST each task row (NeMo Gym JSONL) to the agent's /run and write one JSON line per rollout "
+        "as it completes; failed rollouts go to <output stem>_failures.jsonl. With --config the servers are "
+        "started first and stopped afterwards.")
+    rollout.add_argument("--agent", required=True, help="agent server name (as in the config)")
+    rollout.add_argument("--input", "-i", required=True, type=Path, help="task rows, JSONL")
+    rollout.add_argument("--output", "-o", required=True, type=Path, help="rollouts JSONL to write")
+    rollout.add_argument("--limit", type=int, default=None, help="use only the first N rows")
+    rollout.add_argument("--num-repeats", type=int, default=1, help="rollouts per row (default 1)")
+    rollout.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
+                         help=f"rollouts in flight at once (default {DEFAULT_CONCURRENCY})")
+    rollout.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                         help=f"seconds one rollout may take before it counts as failed (default {DEFAULT_TIMEOUT_S:g})")
+    rollout.add_argument("--registry", default=None, help=REGISTRY_HELP)
+    rollout.add_argument("--config", default=None, help="start the servers of this config, collect, stop them")
+    rollout.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (with --config)")
+    rollout.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rollout.set_defaults(handler=cmd_rollout)
+
+
+def _default_port() -> int:
+    return httpx.URL(DEFAULT_REGISTRY_URL).port or 11000
+
+
+def _registry_url(args: argparse.Namespace) -> str:
+    return (args.registry or os.environ.get(REGISTRY_URL_ENV) or DEFAULT_REGISTRY_URL).rstrip("/")
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM takes the same clean-stop path as Ctrl-C
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """`gym up`: start everything, print the table, block until stopped."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with launch(args.config, args.overrides, registry_port=args.registry_port,
+                    start_timeout=args.start_timeout) as stack:
+            print(stack.table())
+            print(f"registry: {stack.registry_url}   (`gym status`, `gym down` or Ctrl-C to stop)", flush=True)
+            dead = stack.wait()
+            if dead is not None:
+                print(f"gym up: server '{dead.name}' exited with code {dead.process.returncode}; stopping all. "
+                      f"Its last log lines:\n{dead.tail()}", file=sys.stderr)
+                return 1
+            print("gym up: stopping", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("gym up: stopped", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`gym status`: the registry's servers and whether each answers GET /health."""
+    registry = _registry_url(args)
+    try:
+        with httpx.Client(timeout=3.0, trust_env=False) as http:
+            servers = http.get(f"{registry}/servers").raise_for_status().json()
+            rows = [[s["name"], s["kind"], s["url"], str(s["pid"]), _health(http, s["url"])] for s in servers]
+    except httpx.HTTPError as exc:
+        print(f"gym status: no registry answering at {registry} ({type(exc).__name__}); is `gym up` running? "
+              f"Pass --registry or set {REGISTRY_URL_ENV}", file=sys.stderr)
+        return 1
+    print(format_table(["NAME", "KIND", "URL", "PID", "HEALTH"], rows) if rows else "no servers registered")
+    print(f"registry: {registry}")
+    return 0
+
+
+def _health(http: httpx.Client, url: str) -> str:
+    try:
+        return "ok" if http.get(f"{url}/health").status_code == 200 else "failing"
+    except httpx.HTTPError:
+        return "unreachable"
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """`gym down`: ask the launcher behind the registry to stop, and wait until the registry is gone."""
+    registry = _registry_url(args)
+    with httpx.Client(timeout=3.0, trust_env=False) as http:
+        try:
+            http.post(f"{registry}/shutdown").raise_for_status()
+        except httpx.HTTPError as exc:
+            print(f"gym down: no registry answering at {registry} ({type(exc).__name__}); nothing to stop",
+                  file=sys.stderr)
+            return 1
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            try:
+                http.get(f"{registry}/health")
+            except httpx.TransportError:
+                print("gym down: stopped")
+                return 0
+            time.sleep(0.2)
+    print(f"gym down: still running after {args.timeout:g}s; check `gym status`", file=sys.stderr)
+    return 1
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    """`gym rollout`: collect rollouts against running servers, or start them with --config."""
+    if args.overrides and not args.config:
+        print("gym rollout: overrides need --config", file=sys.stderr)
+        return 2
+    if args.config is None:
+        return _collect(args, _registry_url(args))
+    signal.signal(signal.SIGTERM, _interrupt)
+    with launch(args.config, args.overrides, registry_port=0, echo_logs=False) as stack:
+        if args.agent not in stack.servers:
+            print(f"gym rollout: no server named '{args.agent}' in {args.config}", file=sys.stderr)
+            return 1
+        return _collect(args, stack.registry_url)
+
+
+def _collect(args: argparse.Namespace, registry_url: str) -> int:
+    total = count_rows(args.input, args.limit)
+    rows = read_rows(args.input, args.limit)
+
+    async def run() -> Any:
+        os.environ[REGISTRY_URL_ENV] = registry_url  # the process-wide client looks names up here
+        try:
+            agent_url = await get_client().url_of(args.agent)
+            return await collect(agent_url, rows, args.output, agent_name=args.agent, num_repeats=args.num_repeats,
+                                 concurrency=args.concurrency, timeout=args.timeout, total=total,
+                                 progress=not args.no_progress)
+        finally:
+            await close_client()
+
+    try:
+        summary = asyncio.run(run())
+    except LookupError as exc:
+        print(f"gym rollout: {exc}", file=sys.stderr)
+        return 1
+    print(summary.line())
+    print(f"mean reward: {summary.mean_reward:.4f} over {summary.count} rollouts -> {summary.output}")
+    if summary.failures:
+        print(f"{summary.failures} failed rollouts -> {summary.failures_output}", file=sys.stderr)
+    return 0 if summary.count else 1
+
+
+def cmd_env_test(args: argparse.Namespace) -> int:
+    """`gym env test NAME`: pytest on environments/NAME."""
+    spec = importlib.util.find_spec("environments")
+    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
+    available = sorted(d.name for root in roots for d in root.iterdir() if (d / "app.py").is_file())
+    if args.name not in available:
+        close = difflib.get_close_matches(args.name, available, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        print(f"gym env test: no environment '{args.name}'{hint}; available: {', '.join(available) or 'none'}",
+              file=sys.stderr)
+        return 2
+    path = next(root / args.name for root in roots if (root / args.name / "app.py").is_file())
+    return subprocess.call([sys.executable, "-m", "pytest", "-q", str(path), *args.pytest_args])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""A first simple collector: POST task rows to an agent's /run, stream every rollout to JSONL as it completes.
+
+Rows are read lazily and at most `concurrency` rollouts exist at any time (a semaphore is taken *before*
+each task is created), so memory is bounded by what is in flight, not by the dataset. A rollout that fails
+(HTTP error, timeout, unreachable agent, a body without a reward, or an agent-reported `_ng_failure_class`)
+goes to the `<stem>_failures.jsonl` sidecar with its error; it never becomes a reward of 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+from tqdm import tqdm
+
+from gym_core.client import ServerError, get_client
+
+DEFAULT_CONCURRENCY = 32
+DEFAULT_TIMEOUT_S = 600.0
+
+
+class DataError(ValueError):
+    """A task file problem, reported as `file:line: what is wrong`."""
+
+
+@dataclass
+class CollectionSummary:
+    """What a collection produced."""
+
+    count: int
+    failures: int
+    reward_sum: float
+    elapsed_s: float
+    output: Path
+    failures_output: Path
+
+    @property
+    def mean_reward(self) -> float:
+        """Mean reward over successful rollouts (nan when there were none)."""
+        return self.reward_sum / self.count if self.count else math.nan
+
+    @property
+    def rollouts_per_s(self) -> float:
+        """Successful and failed rollouts per second of wall time."""
+        return (self.count + self.failures) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def line(self) -> str:
+        """One metrics line for logs and the terminal."""
+        return (f"rollouts={self.count} mean_reward={self.mean_reward:.4f} failures={self.failures} "
+                f"rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s")
+
+
+def failures_path(output: Path) -> Path:
+    """`out/rollouts.jsonl` -> `out/rollouts_failures.jsonl`."""
+    return output.with_name(f"{output.stem}_failures.jsonl")
+
+
+def read_rows(path: Path, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Task rows from a JSONL file, lazily; blank lines are skipped, a malformed line raises DataError."""
+    taken = 0
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if limit is not None and taken >= limit:
+                return
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise DataError(f"{path}:{number}: not valid JSON ({exc})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("responses_create_params"), dict):
+                raise DataError(f"{path}:{number}: a task row is a JSON object with a "
+                                "`responses_create_params` object (NeMo Gym format)")
+            taken += 1
+            yield row
+
+
+def count_rows(path: Path, limit: int | None = None) -> int:
+    """Number of non-blank lines (capped at `limit`), for the progress bar; nothing is parsed."""
+    with open(path, "rb") as lines:
+        total = sum(1 for line in lines if line.strip())
+    return total if limit is None else min(total, limit)
+
+
+async def collect(
+    agent_url: str,
+    rows: Iterable[dict[str, Any]],
+    output: Path,
+    *,
+    agent_name: str,
+    num_repeats: int = 1,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    total: int | None = None,
+    progress: bool = True,
+) -> CollectionSummary:
+    """Run every row `num_repeats` times against the agent at `agent_url`; write results as they complete."""
+    if num_repeats < 1 or concurrency < 1 or timeout <= 0:
+        raise ValueError("num_repeats and concurrency must be >= 1 and timeout > 0")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = failures_path(output)
+    bar = tqdm(total=None if total is None else total * num_repeats, file=sys.stderr, disable=not progress,
+               unit="rollout", dynamic_ncols=True)
+    with open(output, "wb") as out, open(sidecar, "wb") as failed, bar:
+        sink = _Sink(out, failed, bar)
+        slots = asyncio.Semaphore(concurrency)
+        running: set[asyncio.Task] = set()
+        started = time.perf_counter()
+        try:
+            for row in _expand(rows, num_repeats, agent_name):
+                await slots.acquire()
+                task = asyncio.create_task(_run_one(agent_url, row, timeout, sink))
+                running.add(task)
+                task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+            await asyncio.gather(*running)
+        finally:
+            for task in running:
+                task.cancel()
+    return CollectionSummary(sink.count, sink.failures, sink.reward_sum, time.perf_counter() - started,
+                             output, sidecar)
+
+
+def _expand(rows: Iterable[dict[str, Any]], num_repeats: int, agent_name: str) -> Iterator[dict[str, Any]]:
+    """Each row `num_repeats` times in a row ("abc" -> "aabbcc"), stamped with its task and rollout index."""
+    agent_ref = {"type": "responses_api_agents", "name": agent_name}
+    for position, row in enumerate(rows):
+        task_index = row.get("_ng_task_index", position)
+        for repeat in range(num_repeats):
+            yield {**row, "agent_ref": row.get("agent_ref", agent_ref),
+                   "_ng_task_index": task_index, "_ng_rollout_index": repeat}
+
+
+async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: _Sink) -> None:
+    """One rollout; every failure mode ends in the sidecar with a typed error."""
+    stamps = {k: row[k] for k in ("_ng_task_index", "_ng_rollout_index", "agent_ref")}
+    try:
+        result = await get_client().post_json(agent_url, "/run", row, timeout=timeout)
+    except ServerError as exc:
+        sink.failure({**stamps, "error": {"type": "http_error", "status": exc.status, "message": str(exc)}})
+        return
+    except Exception as exc:  # timeouts, refused connections, bad JSON: all are this rollout's failure
+        sink.failure({**stamps, "error": {"type": type(exc).__name__, "message": str(exc) or repr(exc)}})
+        return
+    reward = result.get("reward") if isinstance(result, dict) else None
+    if isinstance(result, dict) and result.get("_ng_failure_class"):
+        message = str(result.get("error") or "the agent reported a failure")
+        sink.failure({**stamps, "error": {"type": str(result["_ng_failure_class"]), "message": message}})
+    elif isinstance(reward, bool) or not isinstance(reward, (int, float)):
+        sink.failure({**stamps, "error": {"type": "invalid_response",
+                                          "message": f"/run answered without a numeric `reward`: {str(result)[:300]}"}})
+    else:
+        sink.success({**result, **stamps}, float(reward))
+
+
+class _Sink:
+    """Appends results to the output and the failure sidecar as they arrive, and keeps the running totals."""
+
+    def __init__(self, out: BinaryIO, failed: BinaryIO, bar: tqdm) -> None:
+        self.out, self.failed, self.bar = out, failed, bar
+        self.count = self.failures = 0
+        self.reward_sum = 0.0
+
+    def success(self, row: dict[str, Any], reward: float) -> None:
+        self.out.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        self.out.flush()
+        self.count += 1
+        self.reward_sum += reward
+        self._tick()
+
+    def failure(self, row: dict[str, Any]) -> None:
+        self.failed.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+        self.failed.flush()
+        self.failures += 1
+        self._tick()
+
+    def _tick(self) -> None:
+        mean = self.reward_sum / self.count if self.count else math.nan
+        self.bar.set_postfix_str(f"mean_reward={mean:.3f} failures={self.failures}", refresh=False)
+        self.bar.update(1)
