@@ -75,7 +75,7 @@ def chat_to_response(chat: ChatCompletionResponse, params: ResponseCreateParams)
         output.append(Reasoning(id=f"rs_{uuid.uuid4().hex}",
                                 summary=[ContentPart(type="summary_text", text=msg.reasoning_content)]))
     text = _text(msg.content)
-    if text or not msg.tool_calls:
+    if text or not (msg.tool_calls or msg.reasoning_content):  # reasoning alone is not an answer yet
         output.append(Message.assistant(text))
     for call in msg.tool_calls or []:
         output.append(FunctionCall(id=f"fc_{uuid.uuid4().hex}", call_id=call.id, name=call.function.name,
