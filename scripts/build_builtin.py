@@ -3,27 +3,24 @@
     .venv/bin/python scripts/build_builtin.py [--out model/builtin/tiny]
 
 Writes a byte-level BPE tokenizer, the Nemotron 3 style chat template, and a randomly initialised model saved
-by `model.save` (HF `nemotron_h` config.json + model.safetensors with the HF checkpoint names). The result loads with `model.load("builtin:tiny")`,
-`ChatTokenizer.from_pretrained("builtin:tiny")` and transformers' `NemotronHForCausalLM.from_pretrained`.
+by `model.save` (HF `nemotron_h` config.json + model.safetensors with the HF checkpoint names). The result
+loads with `model.load("builtin:tiny")`, `ChatTokenizer.from_pretrained("builtin:tiny")` and transformers'
+`NemotronHForCausalLM.from_pretrained`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from model.config import NemotronHConfig  # noqa: E402
-from model.loader import save  # noqa: E402
-from model.nemotron_h import NemotronHForCausalLM  # noqa: E402
-from model.tokenizer import DEFAULT_TEMPLATE, render_chat_template  # noqa: E402
+from model.config import NemotronHConfig
+from model.loader import save
+from model.nemotron_h import NemotronHForCausalLM
+from model.tokenizer import BUILTIN_ROOT, DEFAULT_TEMPLATE, render_chat_template
 
 SEED = 0
 BPE_VOCAB = 512
@@ -117,5 +114,5 @@ def _write_json(path: Path, data: dict) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "model" / "builtin" / "tiny")
+    parser.add_argument("--out", type=Path, default=BUILTIN_ROOT / "tiny")
     build(parser.parse_args().out)
