@@ -65,8 +65,6 @@ class Attention(nn.Module):
         start = pool.lengths[slots]  # (b,)
         pos = start[:, None] + torch.arange(t, device=start.device)  # (b, t) position of each new token
         end = int(start.max()) + t  # read only as far as the longest row needs
-        if end > pool.max_len:
-            raise ValueError(f"sequence would reach {end} tokens but the StatePool's max_len is {pool.max_len}")
         cache_k, cache_v = pool.k[self.layer_idx], pool.v[self.layer_idx]
         cache_k[slots[:, None], :, pos] = k.transpose(1, 2).to(cache_k.dtype)  # (b, t, kv, d)
         cache_v[slots[:, None], :, pos] = v.transpose(1, 2).to(cache_v.dtype)
@@ -128,6 +126,10 @@ class NemotronHForCausalLM(nn.Module):
         """
         if (pool is None) != (slots is None):
             raise ValueError("pass both `pool` and `slots`, or neither")
+        if pool is not None:  # checked up front so a failed call leaves the pool untouched
+            end = int(pool.lengths[slots].max()) + input_ids.shape[1]
+            if end > pool.max_len:
+                raise ValueError(f"a sequence would reach {end} tokens but the StatePool's max_len is {pool.max_len}")
         h = self.backbone.embeddings(input_ids)
         for block in self.backbone.layers:
             h = block(h, pool, slots)
