@@ -120,7 +120,8 @@ class RegistryService:
     def stop(self) -> None:
         """Stop serving and release the port."""
         self._server.should_exit = True
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
         self._socket.close()
 
 
