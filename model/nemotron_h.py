@@ -101,7 +101,9 @@ class Backbone(nn.Module):
 
     def __init__(self, config: NemotronHConfig) -> None:
         super().__init__()
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        # randn rather than the default normal_(), which is slow on the meta device (it imports the compiler)
+        weight = torch.randn(config.vocab_size, config.hidden_size)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, _weight=weight)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
         self.norm_f = RMSNorm(config.hidden_size, config.layer_norm_epsilon)
 
