@@ -43,6 +43,7 @@ class ChatTokenizer:
 
     def __init__(self, tokenizer: Tokenizer, chat_template: str, special_tokens: dict[str, Any] | None = None,
                  eos_token_ids: list[int] | None = None) -> None:
+        """`special_tokens`: tokenizer_config.json's bos/eos/pad entries; `eos_token_ids`: extra stop ids."""
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self._template = _environment().from_string(chat_template)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
+from pydantic import BaseModel
 
 from model.tokenizer import DEFAULT_TEMPLATE, ChatTokenizer, checkpoint_dir, render_chat_template
 from model.tool_calls import ParsedGeneration, ToolCall, parse_generation
@@ -264,6 +266,27 @@ def test_parser_never_raises_on_junk():
         assert isinstance(parsed.content, str)
     unicode_call = parse_generation(junk[-2])
     assert unicode_call.tool_calls == [ToolCall("ü", {"ключ": "值 🎉"})]
+
+
+def test_parser_fuzz_with_tag_fragments():
+    pieces = ["<tool_call>", "</tool_call>", "<function=f>", "<function=", "</function>", "<parameter=a>",
+              "</parameter>", "<think>", "</think>", "{", "}", '"name": "f"', '"arguments":', "[", "\n", "x", "1",
+              "<|im_end|>", "é", " "]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 25)))
+        parsed = parse_generation(text, thinking=rng.random() < 0.5)
+        assert isinstance(parsed.content, str)
+        assert all(isinstance(c.arguments, dict) and c.name for c in parsed.tool_calls)
+
+
+def test_pydantic_messages_render_like_dicts():
+    class Msg(BaseModel):
+        role: str
+        content: str | None = None
+
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    assert render([Msg(**m) for m in messages]) == render(messages)
 
 
 def test_render_then_parse_round_trip():
