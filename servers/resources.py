@@ -344,10 +344,12 @@ def aggregate_metrics(rows: list[dict]) -> dict[str, Any]:
 
 
 def _means(rows: list[dict]) -> dict[str, float]:
-    """Mean of every top-level numeric field (bools count as 0/1; bookkeeping `_ng_*` fields skipped)."""
+    """Mean of every top-level numeric field and `response.usage` count (bools as 0/1; `_ng_*` skipped)."""
     sums: dict[str, list[float]] = {}
     for row in rows:
-        for key, value in row.items():
+        response = row.get("response")
+        usage = response.get("usage") if isinstance(response, dict) else None
+        for key, value in {**(usage if isinstance(usage, dict) else {}), **row}.items():
             if isinstance(value, (int, float)) and not key.startswith("_ng_"):
                 sums.setdefault(key, []).append(float(value))
     return {f"mean/{key}": sum(vals) / len(vals) for key, vals in sums.items()}

@@ -6,6 +6,9 @@ append the outputs — until the model answers without tool calls or `max_steps`
 `/verify` and return the verify response, whose `response.output` is the whole episode with the policy's
 token fields still on the model items. `POST /v1/responses` runs the same loop without seeding or verifying.
 
+Each rollout has its own session id, sent as `X-Session-Id` on every call; cookies a server sets are sent back
+to it too, so NeMo Gym servers (which keep a rollout's state by cookie) work unchanged.
+
 What the model did wrong (arguments that are not JSON, a tool that does not exist, arguments the tool
 rejects) becomes a `function_call_output` the model sees. What the infrastructure did wrong (a server down,
 an error status from the policy, the episode deadline) is an HTTP error from this server, never a reward.
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import dataclass, field
+from http.cookies import CookieError, SimpleCookie
 from typing import Any, ClassVar
 
 import httpx
@@ -39,6 +44,33 @@ class ToolCallingConfig(ServerConfig):
     episode_timeout_s: float = Field(600.0, gt=0)  # seed + all steps + verify
 
 
+@dataclass
+class Episode:
+    """One rollout's identity and limits while it runs."""
+
+    session_id: str
+    deadline: float  # event-loop time
+    # Cookies each server set, sent back to it: NeMo Gym servers keep a rollout's state by cookie.
+    cookies: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def headers_for(self, role: str) -> dict[str, str]:
+        """Headers naming this rollout to a server: our session header, plus that server's cookies."""
+        headers = {SESSION_HEADER: self.session_id}
+        if self.cookies.get(role):
+            headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies[role].items())
+        return headers
+
+    def keep_cookies(self, role: str, reply: httpx.Response) -> None:
+        """Remember the cookies a server set."""
+        for header in reply.headers.get_list("set-cookie"):
+            jar = SimpleCookie()
+            try:
+                jar.load(header)
+            except CookieError:
+                continue
+            self.cookies.setdefault(role, {}).update({k: morsel.value for k, morsel in jar.items()})
+
+
 class EpisodeError(Exception):
     """The episode could not be completed for a reason outside the model; answered as an HTTP error."""
 
@@ -60,14 +92,17 @@ class ToolCallingAgent(GymServer):
         app.add_api_route("/v1/responses", self._responses_route, methods=["POST"])
         app.add_api_route("/aggregate_metrics", self._metrics_route, methods=["POST"])
 
-    async def run(self, row: dict[str, Any], session_id: str) -> bytes:
-        """One whole rollout of a task row; returns the verify response's JSON."""
+    def new_episode(self, session_id: str | None = None) -> Episode:
+        """An episode with a fresh session id (unless given) and its deadline starting now."""
         deadline = asyncio.get_running_loop().time() + self.config.episode_timeout_s
+        return Episode(session_id or uuid.uuid4().hex, deadline)
+
+    async def run(self, row: dict[str, Any], episode: Episode) -> bytes:
+        """One whole rollout of a task row; returns the verify response's JSON."""
         resources = self.config.resources
-        await self._call("resources", resources, "/seed_session", row, session_id, deadline)
-        response = await self.episode(row["responses_create_params"], session_id, deadline)
-        reply = await self._call("resources", resources, "/verify", {**row, "response": response},
-                                 session_id, deadline)
+        await self._call("resources", resources, "/seed_session", row, episode)
+        response = await self.loop(row["responses_create_params"], episode)
+        reply = await self._call("resources", resources, "/verify", {**row, "response": response}, episode)
         verified = _json_object(reply, "resources", resources, "/verify")
         if not isinstance(verified.get("reward"), (int, float)):
             raise EpisodeError(502, "resources_error", f"resources server {resources!r} /verify returned no "
@@ -76,7 +111,7 @@ class ToolCallingAgent(GymServer):
             return reply.content
         return dumps({**verified, "response": response})
 
-    async def episode(self, params: dict[str, Any], session_id: str, deadline: float) -> dict[str, Any]:
+    async def loop(self, params: dict[str, Any], episode: Episode) -> dict[str, Any]:
         """The model <-> tools loop; returns the episode as one Response (all output items, summed usage)."""
         items = params["input"]
         history = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items)
@@ -86,7 +121,7 @@ class ToolCallingAgent(GymServer):
         last: dict[str, Any] = {}
         for _ in range(self.config.max_steps):
             reply = await self._call("policy", self.config.policy, "/v1/responses",
-                                     {**params, "input": history + outputs}, session_id, deadline)
+                                     {**params, "input": history + outputs}, episode)
             last = _json_object(reply, "policy", self.config.policy, "/v1/responses")
             produced = last.get("output")
             if not isinstance(produced, list):
@@ -98,13 +133,13 @@ class ToolCallingAgent(GymServer):
                     usage[key] += value
             calls = [item for item in produced if item.get("type") == "function_call"]
             for call in calls:
-                output = await self._tool_output(call, offered, session_id, deadline)
+                output = await self._tool_output(call, offered, episode)
                 outputs.append({"type": "function_call_output", "call_id": call.get("call_id"), "output": output})
             if last.get("incomplete_details") or (not calls and any(i.get("type") == "message" for i in produced)):
                 break
         return {**last, "output": outputs, "usage": usage}
 
-    async def _tool_output(self, call: dict[str, Any], offered: set[str], session_id: str, deadline: float) -> str:
+    async def _tool_output(self, call: dict[str, Any], offered: set[str], episode: Episode) -> str:
         """The text the model sees for one function call: the tool's result, or an error it can act on."""
         name = call.get("name")
         if name not in offered:
@@ -115,24 +150,25 @@ class ToolCallingAgent(GymServer):
             return _model_error("invalid_arguments", f"arguments of {name!r} are not valid JSON ({exc})")
         if not isinstance(arguments, dict):
             return _model_error("invalid_arguments", f"arguments of {name!r} must be a JSON object")
-        reply = await self._call("resources", self.config.resources, f"/{name}", arguments, session_id, deadline,
+        reply = await self._call("resources", self.config.resources, f"/{name}", arguments, episode,
                                  ok=MODEL_VISIBLE_STATUSES)
         return reply.text
 
-    async def _call(self, role: str, server: str, path: str, body: Any, session_id: str, deadline: float,
+    async def _call(self, role: str, server: str, path: str, body: Any, episode: Episode,
                     ok: frozenset[int] = frozenset()) -> httpx.Response:
         """POST to another server within the episode deadline; failures become `EpisodeError`s."""
-        remaining = deadline - asyncio.get_running_loop().time()
+        remaining = episode.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise _timeout(self.config.episode_timeout_s, role, path)
         try:
-            reply = await get_client().post(server, path, body, headers={SESSION_HEADER: session_id},
+            reply = await get_client().post(server, path, body, headers=episode.headers_for(role),
                                             timeout=remaining)
         except httpx.TimeoutException:
             raise _timeout(self.config.episode_timeout_s, role, path) from None
         except (httpx.HTTPError, ServerNotRegistered) as exc:
             raise EpisodeError(502, f"{role}_unreachable", f"{role} server {server!r} failed on {path}: {exc}") from None
         if reply.is_success or reply.status_code in ok:
+            episode.keep_cookies(role, reply)
             return reply
         raise EpisodeError(502, f"{role}_error", f"{role} server {server!r} answered {reply.status_code} to "
                                                  f"{path}: {reply.text[:1000]}")
@@ -145,7 +181,7 @@ class ToolCallingAgent(GymServer):
             return _invalid(err, "/run expects a task row")
         try:
             # A fresh session per rollout: a caller reusing one header or cookie must not merge rollouts.
-            return Response(await self.run(row, uuid.uuid4().hex), media_type="application/json")
+            return Response(await self.run(row, self.new_episode()), media_type="application/json")
         except EpisodeError as err:
             return error_response(err.status, str(err), err.error_type)
 
@@ -156,10 +192,9 @@ class ToolCallingAgent(GymServer):
         except (ValidationError, ValueError) as err:
             return _invalid(err, "/v1/responses expects a Responses create body")
         # Use the caller's session when it names one (it may have seeded the resources server itself).
-        session_id = request.headers.get(SESSION_HEADER) or uuid.uuid4().hex
-        deadline = asyncio.get_running_loop().time() + self.config.episode_timeout_s
+        episode = self.new_episode(request.headers.get(SESSION_HEADER))
         try:
-            return JSONResponse(await self.episode(params, session_id, deadline))
+            return JSONResponse(await self.loop(params, episode))
         except EpisodeError as err:
             return error_response(err.status, str(err), err.error_type)
 

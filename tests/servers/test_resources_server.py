@@ -240,7 +240,9 @@ def test_pass_at_k():
     graded = [[{"reward": 0.2, "_ng_rollout_index": 1}, {"reward": 0.5, "_ng_rollout_index": 0}]]
     assert pass_at_k(graded) == {"pass@1/reward": 0.5, "pass@2/reward": 0.5}
     assert pass_at_k([[{"reward": 1.0}]]) == {}  # no repeats, no pass@k
-    assert "pass@1/reward" not in aggregate_metrics([{"reward": 1.0}, {"reward": 0.0}])["agent_metrics"]
+    metrics = aggregate_metrics([{"reward": 1.0, "response": {"usage": {"output_tokens": 4}}}, {"reward": 0.0}])
+    assert "pass@1/reward" not in metrics["agent_metrics"]
+    assert metrics["agent_metrics"]["mean/output_tokens"] == 4.0
 
 
 def _square(x: int) -> int:

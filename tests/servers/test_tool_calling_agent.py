@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI, Request
+from fastapi import Response as HTTPResponse
 
 from gym_core.client import get_client
 from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse
@@ -166,6 +168,37 @@ async def test_aggregate_metrics_are_forwarded_to_the_resources_server(serve):
     agent = await start_stack(serve)
     reply = await get_client().post(agent, "/aggregate_metrics", {"verify_responses": [{"reward": 1.0}]})
     assert reply.json()["agent_metrics"]["mean/reward"] == 1.0
+
+
+def cookie_session_env() -> FastAPI:
+    """A NeMo-Gym-style resources server: it knows a rollout only by the cookie /seed_session set."""
+    app, calls = FastAPI(), {}
+
+    @app.post("/seed_session")
+    async def seed(response: HTTPResponse) -> dict:
+        session = f"s{len(calls)}"
+        calls[session] = 0
+        response.set_cookie("nemo_session", session)
+        return {}
+
+    @app.post("/get_weather")
+    async def get_weather(request: Request) -> dict:
+        calls[request.cookies["nemo_session"]] += 1
+        return {"temperature_c": 18, "condition": "sunny"}
+
+    @app.post("/verify")
+    async def verify(request: Request) -> dict:
+        return {**await request.json(), "reward": float(calls.get(request.cookies.get("nemo_session")) == 1)}
+
+    return app
+
+
+async def test_cookie_sessions_of_nemo_gym_servers_are_carried(serve):
+    policy = await serve(PolicyServer("policy", {"engine": "scripted"}).build_app())
+    config = {"policy": policy, "resources": await serve(cookie_session_env())}
+    agent = await serve(ToolCallingAgent("agent", config).build_app())
+    results = await asyncio.gather(*(run(agent, ROWS[0]) for _ in range(4)))
+    assert [r for _, r in results if r.get("reward") != 1.0] == []
 
 
 @pytest.mark.parametrize("bad", [0, -1])
