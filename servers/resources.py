@@ -286,7 +286,8 @@ class ResourcesServer(GymServer):
 
     async def _unknown_tool_route(self, name: str) -> JSONResponse:
         known = ", ".join(sorted(self.tools)) or "none"
-        return error_response(404, f"no tool named {name!r} on server {self.name!r}; its tools: {known}", "unknown_tool")
+        message = f"no tool named {name!r} on server {self.name!r}; its tools: {known}"
+        return error_response(404, message, "unknown_tool")
 
     async def _seed_route(self, request: Request) -> Response:
         try:

@@ -29,7 +29,14 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
 from gym_core.protocol import ResponseCreateParams, TaskRow, dumps, loads
-from gym_core.server import SESSION_HEADER, GymServer, JSONResponse, ServerConfig, describe_validation_error, error_response
+from gym_core.server import (
+    SESSION_HEADER,
+    GymServer,
+    JSONResponse,
+    ServerConfig,
+    describe_validation_error,
+    error_response,
+)
 
 # Statuses of a tool call that are the model's doing; their error body is shown to the model.
 MODEL_VISIBLE_STATUSES = frozenset({400, 404, 413, 422})
@@ -143,7 +150,8 @@ class ToolCallingAgent(GymServer):
         """The text the model sees for one function call: the tool's result, or an error it can act on."""
         name = call.get("name")
         if name not in offered:
-            return _model_error("unknown_tool", f"no tool named {name!r}; available tools: {', '.join(sorted(offered))}")
+            available = ", ".join(sorted(offered)) or "none"
+            return _model_error("unknown_tool", f"no tool named {name!r}; available tools: {available}")
         try:
             arguments = loads(call.get("arguments") or "{}")
         except ValueError as exc:
@@ -166,7 +174,8 @@ class ToolCallingAgent(GymServer):
         except httpx.TimeoutException:
             raise _timeout(self.config.episode_timeout_s, role, path) from None
         except (httpx.HTTPError, ServerNotRegistered) as exc:
-            raise EpisodeError(502, f"{role}_unreachable", f"{role} server {server!r} failed on {path}: {exc}") from None
+            message = f"{role} server {server!r} failed on {path}: {exc}"
+            raise EpisodeError(502, f"{role}_unreachable", message) from None
         if reply.is_success or reply.status_code in ok:
             episode.keep_cookies(role, reply)
             return reply

@@ -137,7 +137,9 @@ def fake_upstream(replica: str, seen: list) -> FastAPI:
         body = await request.json()
         seen.append({"replica": replica, "auth": request.headers.get("authorization"), "body": body})
         if body["messages"][-1]["content"] == "fail":
-            return _error(400, "context length exceeded")
+            return _error(400, "This model's maximum context length is 4096 tokens.")
+        if body["messages"][-1]["content"] == "bad":
+            return _error(400, "temperature must be >= 0")
         return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
                 "choices": [{"index": 0, "finish_reason": "stop",
                              "message": {"role": "assistant", "content": replica, **TOKENS}}]}
@@ -181,8 +183,11 @@ async def test_openai_engine_errors_are_statuses_not_answers(serve):
     seen: list = []
     upstream = await serve(fake_upstream("r0", seen)) + "/v1"
     policy = await serve(PolicyServer("policy", {"engine": "openai", "base_url": upstream}).build_app())
-    bad = await get_client().post(policy, "/v1/chat/completions", {"messages": [{"role": "user", "content": "fail"}]})
-    assert bad.status_code == 400 and "context length" in bad.json()["error"]["message"]
+    full = await get_client().post(policy, "/v1/responses", {"input": "fail"})  # context overflow upstream
+    assert full.status_code == 200
+    assert full.json()["status"] == "incomplete" and full.json()["incomplete_details"]["reason"] == "max_output_tokens"
+    bad = await get_client().post(policy, "/v1/chat/completions", {"messages": [{"role": "user", "content": "bad"}]})
+    assert bad.status_code == 400 and "temperature" in bad.json()["error"]["message"]
     down = await serve(PolicyServer("policy", {"engine": "openai", "base_url": "http://127.0.0.1:9/v1"}).build_app())
     reply = await get_client().post(down, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
     assert reply.status_code == 502 and reply.json()["error"]["type"] == "upstream_unreachable"

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 
 import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 
-from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse, dumps, loads
+from gym_core.protocol import ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, dumps, loads
 from servers.policy.engines.base import Engine, EngineConfig, EngineError
+
+
+# How vLLM and OpenAI word "the prompt plus max_tokens exceed the context window".
+_CONTEXT_OVERFLOW = re.compile(r"context length|context window|maximum context|max_tokens.*too large", re.I)
 
 
 class OpenAIEngineConfig(EngineConfig):
@@ -82,8 +87,12 @@ class OpenAIEngine(Engine):
         except httpx.HTTPError as exc:
             raise EngineError(f"upstream {url} unreachable: {type(exc).__name__}: {exc}", 502,
                               "upstream_unreachable") from None
+        if reply.status_code == 400 and _CONTEXT_OVERFLOW.search(reply.text):
+            # The conversation outgrew the model: an episode that ends here, not an infrastructure failure.
+            return ChatCompletionResponse(model=body["model"], choices=[
+                ChatChoice(message=ChatMessage(role="assistant", content=""), finish_reason="length")])
         if reply.status_code >= 400:
-            # A 4xx is the caller's request (bad params, context too long): pass it on as such.
+            # Any other 4xx is the caller's request (bad parameters): pass it on as such.
             status = reply.status_code if reply.status_code < 500 else 502
             raise EngineError(f"upstream {url} answered {reply.status_code}: {reply.text[:500]}", status,
                               "upstream_error")
