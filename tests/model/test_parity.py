@@ -92,3 +92,15 @@ def test_bfloat16_load_stays_close(hf_tiny, ids, reference) -> None:
     # bf16 rounding may flip a near-tied expert choice at a position or two; the rest stay close
     close = (logits - reference).abs().amax(-1) < 0.02
     assert close.float().mean() > 0.9
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@torch.no_grad()
+def test_same_code_on_cuda(hf_tiny, ids, reference) -> None:
+    gpu = model.load(hf_tiny[1], device="cuda")
+    cuda_ids = ids.cuda()
+    assert (gpu(cuda_ids).cpu() - reference).abs().max() <= 1e-3  # TF32 matmuls may be enabled
+    pool = gpu.new_pool(3, 32)
+    slots = torch.tensor([2, 0, 1], device="cuda")
+    steps = [gpu(cuda_ids[:, :9], pool, slots)] + [gpu(cuda_ids[:, t:t + 1], pool, slots) for t in range(9, T)]
+    assert (torch.cat(steps, dim=1).cpu() - reference).abs().max() <= 1e-3
