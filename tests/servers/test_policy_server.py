@@ -82,9 +82,11 @@ def test_responses_to_chat_merges_one_model_call_and_keeps_its_tokens():
     params = ResponseCreateParams.model_validate({
         "instructions": "be brief",
         "input": [
-            {"role": "user", "content": [{"type": "input_text", "text": "weather "}, {"type": "input_text", "text": "in Paris"}]},
+            {"role": "user", "content": [{"type": "input_text", "text": "weather "},
+                                         {"type": "input_text", "text": "in Paris"}]},
             {"type": "reasoning", "summary": [{"type": "summary_text", "text": "use the tool"}]},
-            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}', **TOKENS},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": '{"city":"Paris"}',
+             **TOKENS},
             {"type": "function_call_output", "call_id": "c1", "output": '{"temperature_c": 18}'},
             {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "18 C"}], **TOKENS},
         ],
