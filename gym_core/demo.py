@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary.line())
     print(f"rollouts -> {summary.output}; failures -> {summary.failures_output}")
-    print(f"stopped {len(pids)} server processes ({', '.join(map(str, pids))}) "
-          f"in {time.perf_counter() - started:.1f}s total")
+    print(f"stopped {len(pids)} server processes ({', '.join(map(str, pids))}); "
+          f"the whole demo took {time.perf_counter() - started:.1f}s")
     return 0 if summary.count and not summary.failures else 1
 
 
