@@ -80,7 +80,8 @@ class NemotronHConfig:
         if bad or not self.hybrid_override_pattern:
             raise ValueError(f"hybrid_override_pattern {self.hybrid_override_pattern!r}: use only the letters M * E -")
         checks = [
-            (self.num_attention_heads % self.num_key_value_heads == 0, "num_key_value_heads must divide num_attention_heads"),
+            (self.num_attention_heads % self.num_key_value_heads == 0,
+             "num_key_value_heads must divide num_attention_heads"),
             (self.mamba_num_heads % self.n_groups == 0, "n_groups must divide mamba_num_heads"),
             (self.n_routed_experts % self.n_group == 0, "n_group must divide n_routed_experts"),
             (self.topk_group <= self.n_group, "topk_group must be <= n_group"),

@@ -50,7 +50,8 @@ def test_to_hf_round_trips(tmp_path: Path) -> None:
 
 def test_legacy_key_aliases() -> None:
     hf = NemotronHConfig().to_hf()
-    for new, old in (("n_groups", "mamba_n_groups"), ("conv_kernel", "mamba_d_conv"), ("chunk_size", "mamba_chunk_size")):
+    renames = (("n_groups", "mamba_n_groups"), ("conv_kernel", "mamba_d_conv"), ("chunk_size", "mamba_chunk_size"))
+    for new, old in renames:
         hf[old] = hf.pop(new) // 2
     c = NemotronHConfig.from_hf(hf)
     assert (c.n_groups, c.conv_kernel, c.chunk_size) == (4, 2, 64)
