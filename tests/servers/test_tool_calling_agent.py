@@ -205,3 +205,18 @@ async def test_cookie_sessions_of_nemo_gym_servers_are_carried(serve):
 def test_config_is_validated(bad):
     with pytest.raises(Exception, match="max_steps"):
         ToolCallingAgent("agent", {"policy": "p", "resources": "r", "max_steps": bad})
+
+
+async def test_scripted_fake_token_ids_extend_the_prompt_like_a_chat_template(serve):
+    policy = PolicyServer("policy", {"engine": "scripted", "token_ids": True})
+    config = {"policy": await serve(policy.build_app()), "resources": await serve(Weather("weather", {}).build_app())}
+    status, result = await run(await serve(ToolCallingAgent("agent", config).build_app()), ROWS[2])
+    assert status == 200 and result["reward"] == 1.0
+    model_items = [item for item in result["response"]["output"] if "generation_token_ids" in item]
+    assert len(model_items) == 2  # one per model call
+    seen: list[int] = []
+    for item in model_items:  # NeMo RL's contiguity check: what was seen is a prefix of the next prompt
+        assert item["prompt_token_ids"][:len(seen)] == seen
+        seen = item["prompt_token_ids"] + item["generation_token_ids"]
+        assert item["generation_log_probs"] == [0.0] * len(item["generation_token_ids"])
+    assert bytes(model_items[-1]["generation_token_ids"]).decode() == "city: Tokyo, temperature_c: 24, condition: cloudy.<|end|>"

@@ -5,7 +5,11 @@ Rules, applied to the conversation since the last user message:
    with arguments read off the user's text (strings: the last capitalized phrase; numbers: the first number);
 2. a tool has answered -> reply in text built from its result ("city: Paris, temperature_c: 18, ...");
 3. otherwise -> reply with a fixed acknowledgement.
-It produces no token ids or log-probs (there is no tokenizer); usage counts whitespace-separated words.
+By default it produces no token ids. With `token_ids: true` it attaches FAKE but consistent ones, for testing
+trajectory plumbing without a model: the UTF-8 bytes of a plain-text rendering of the conversation
+(`<|role|>text<|end|>` per message), so each call's prompt ids extend the previous prompt + generation exactly
+as a real chat template would, and log-probs of 0.0 (the script is deterministic). Usage counts those bytes
+then, whitespace-separated words otherwise.
 """
 
 from __future__ import annotations
@@ -26,27 +30,42 @@ from gym_core.protocol import (
     dumps,
     loads,
 )
-from servers.policy.engines.base import Engine
+from servers.policy.engines.base import Engine, EngineConfig
 
 _PHRASE = re.compile(r"[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+class ScriptedConfig(EngineConfig):
+    """Settings of the scripted engine."""
+
+    token_ids: bool = False  # attach fake-but-consistent byte-level token ids (see the module docstring)
+
+
 class ScriptedEngine(Engine):
     """The rule-based stand-in for a model (see the module docstring for its rules)."""
+
+    config: ScriptedConfig
+    config_model = ScriptedConfig
 
     async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
         """Apply the rules to the conversation and return one completion."""
         message = scripted_reply(request)
-        prompt_words = sum(len(_text(m.content).split()) for m in request.messages)
-        completion_words = len(_text(message.content).split()) + sum(
-            len(c.function.arguments.split()) for c in message.tool_calls or [])
+        if self.config.token_ids:
+            prompt = _render_prompt(request).encode()
+            generation = _render(message).removeprefix(_GENERATION_PROMPT).encode()
+            message.prompt_token_ids, message.generation_token_ids = list(prompt), list(generation)
+            message.generation_log_probs = [0.0] * len(generation)
+            prompt_count, completion_count = len(prompt), len(generation)
+        else:
+            prompt_count = sum(len(_text(m.content).split()) for m in request.messages)
+            completion_count = len(_text(message.content).split()) + len(message.tool_calls or [])
         return ChatCompletionResponse(
             model=self.model_name,
             choices=[ChatChoice(message=message, finish_reason="tool_calls" if message.tool_calls else "stop")],
-            usage=ChatUsage(prompt_tokens=prompt_words, completion_tokens=completion_words,
-                            total_tokens=prompt_words + completion_words),
+            usage=ChatUsage(prompt_tokens=prompt_count, completion_tokens=completion_count,
+                            total_tokens=prompt_count + completion_count),
         )
 
 
@@ -65,6 +84,22 @@ def scripted_reply(request: ChatCompletionRequest) -> ChatMessage:
         call = ChatToolCall(id=f"call_{uuid.uuid4().hex[:24]}", function={"name": fn.name, "arguments": arguments})
         return ChatMessage(role="assistant", content=None, tool_calls=[call])
     return ChatMessage(role="assistant", content="I have nothing to look up for that, so I cannot answer it.")
+
+
+_GENERATION_PROMPT = "<|assistant|>"
+
+
+def _render(message: ChatMessage) -> str:
+    """One message as plain text: what the fake token ids are the bytes of."""
+    calls = "".join(dumps({"name": c.function.name, "arguments": c.function.arguments}).decode()
+                    for c in message.tool_calls or [])
+    return f"<|{message.role}|>{_text(message.content)}{calls}<|end|>"
+
+
+def _render_prompt(request: ChatCompletionRequest) -> str:
+    """The whole prompt as plain text: tools, every message, then the generation prompt."""
+    tools = f"<|tools|>{dumps(request.tools).decode()}<|end|>" if request.tools else ""
+    return tools + "".join(_render(m) for m in request.messages) + _GENERATION_PROMPT
 
 
 def _pick_tool(functions: list[ChatFunction], user_text: str) -> ChatFunction:
