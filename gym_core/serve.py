@@ -92,6 +92,15 @@ async def _post_registry(registry_url: str, path: str, body: dict[str, Any], att
                 await asyncio.sleep(0.2 * 2**attempt)
 
 
+async def _serve(uv: Any, sock: Any) -> int:
+    """uvicorn's serve(); its sys.exit() when the app's startup fails becomes a return code (already logged)."""
+    try:
+        await uv.serve(sockets=[sock])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
 async def _stop_when_orphaned(uv: Any) -> None:
     """Shut down if the launcher dies without stopping us (e.g. SIGKILL): no server outlives its launcher."""
     parent = os.getppid()
@@ -114,13 +123,13 @@ async def run(server: GymServer, registry_url: str) -> None:
     # ours make that re-raise harmless, so we get to deregister and exit 0.
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    serving = asyncio.create_task(uv.serve(sockets=[sock]))
+    serving = asyncio.create_task(_serve(uv, sock))
     watchdog = asyncio.create_task(_stop_when_orphaned(uv))
     while not uv.started and not serving.done():
         await asyncio.sleep(0.01)
     if serving.done():
-        await serving
-        return
+        watchdog.cancel()
+        raise ServeError(f"the server's startup failed (exit code {serving.result()}); its error is logged above")
     info = {"name": server.name, "kind": server.kind, "url": url, "pid": os.getpid()}
     try:
         await _post_registry(registry_url, "/register", info, REGISTER_ATTEMPTS)

@@ -36,6 +36,8 @@ class EchoServerForTests(GymServer):
             open(self.config.pid_file, "w").write(str(os.getpid()))
         if getattr(self.config, "ignore_sigterm", False):
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if getattr(self.config, "fail_startup", False):
+            raise ValueError("cannot open the model")
         if getattr(self.config, "hang", False):
             await asyncio.sleep(60)
 '''
@@ -90,14 +92,14 @@ def test_launch_serves_registers_and_stops_everything(doubles: Path) -> None:
         httpx.get(f"{registry}/health", timeout=1)
 
 
-@pytest.mark.parametrize("entrypoint, expected", [
-    ("gym_test_dies", "boom at import"),
-    ("gym_test_exits", "exiting on purpose"),
+@pytest.mark.parametrize("broken, expected", [
+    ({"kind": "resources", "entrypoint": "gym_test_dies"}, "boom at import"),
+    ({"kind": "resources", "entrypoint": "gym_test_exits"}, "exiting on purpose"),
+    (echo(fail_startup=True), "ValueError: cannot open the model"),
 ])
-def test_server_dying_at_start_fails_launch_with_its_log(doubles: Path, entrypoint: str, expected: str) -> None:
+def test_server_dying_at_start_fails_launch_with_its_log(doubles: Path, broken: dict, expected: str) -> None:
     pid_file = doubles / "healthy.pid"
-    config = load_config({"servers": {"healthy": echo(pid_file=str(pid_file)),
-                                      "broken": {"kind": "resources", "entrypoint": entrypoint}}})
+    config = load_config({"servers": {"healthy": echo(pid_file=str(pid_file)), "broken": broken}})
     with pytest.raises(LaunchError) as info:
         with launch(config, echo_logs=False):
             pytest.fail("launch must not yield when a server dies at start")
