@@ -2,6 +2,8 @@
 
 An environment subclasses `ResourcesServer`, marks its tools with `@tool` and writes `verify`:
 
+    from servers.resources import ResourcesServer, Session, VerifyRequest, tool
+
     class Counter(ResourcesServer):
         @tool
         async def increment(self, session: Session, by: int) -> dict:
@@ -10,6 +12,10 @@ An environment subclasses `ResourcesServer`, marks its tools with `@tool` and wr
 
         async def verify(self, row: VerifyRequest, session: Session) -> float:
             return float(session.state.get("count") == row.extra["target"])
+
+A tool's JSON schema comes from its signature (minus `self` and `session`) and docstring; it is served at
+`POST /<name>`. Raise `ToolError` for a result the model should see as an error. Optional hooks: `seed` (prepare
+a session from the task row), `compute_metrics`. CPU-heavy verification goes through `run_in_process`.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import typing
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, ClassVar
 
@@ -40,6 +46,9 @@ from gym_core.server import (
     error_response,
     session_id_of,
 )
+
+__all__ = ["ResourcesServer", "ResourcesConfig", "Session", "SessionStore", "ToolError", "ToolSpec", "VerifyRequest",
+           "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "tool"]
 
 # Routes of the base; a tool may not take one of these names.
 RESERVED_NAMES = frozenset({"seed_session", "verify", "aggregate_metrics", "tools", "health", "mcp"})
@@ -113,6 +122,7 @@ class ToolSpec:
     method_name: str
     arguments: type[BaseModel]
     schema: dict[str, Any]
+    takes_session: bool
 
 
 def tool(fn: Callable | None = None, *, name: str | None = None) -> Any:
@@ -132,7 +142,8 @@ def tool_spec(method: Callable, name: str) -> ToolSpec:
     hints = typing.get_type_hints(method, include_extras=True)
     description, param_docs = _parse_docstring(inspect.getdoc(method) or "")
     fields: dict[str, Any] = {}
-    for param in list(inspect.signature(method).parameters.values())[1:]:
+    params = list(inspect.signature(method).parameters.values())[1:]
+    for param in params:
         if param.name == "session":
             continue
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
@@ -146,7 +157,7 @@ def tool_spec(method: Callable, name: str) -> ToolSpec:
     for pname, doc in param_docs.items():
         parameters.get("properties", {}).get(pname, {}).setdefault("description", doc)
     schema = {"type": "function", "name": name, "description": description, "parameters": parameters}
-    return ToolSpec(name, method.__name__, model, schema)
+    return ToolSpec(name, method.__name__, model, schema, any(p.name == "session" for p in params))
 
 
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
@@ -203,14 +214,16 @@ class ResourcesServer(GymServer):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        members: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):  # base classes first, so tools keep the order they were written in
+            members.update(vars(klass))
         cls.tools = {}
-        for attr in dir(cls):
-            method = getattr(cls, attr, None)
+        for attr, method in members.items():
             tool_name = getattr(method, "__gym_tool__", None)
             if tool_name is not None:
-                cls.tools[tool_name] = tool_spec(method, tool_name)
+                cls.tools[tool_name] = replace(tool_spec(method, tool_name), method_name=attr)
 
-    def __init__(self, name: str, config: dict) -> None:
+    def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
         super().__init__(name, config)
         self.sessions = SessionStore(self.config.session_ttl_s)
         self._pool: ProcessPoolExecutor | None = None
@@ -270,10 +283,11 @@ class ResourcesServer(GymServer):
                 return error_response(422, f"{spec.name}: {_validation_message(err)}", "invalid_arguments")
             except ValueError as err:
                 return error_response(422, f"{spec.name}: arguments are not JSON: {err}", "invalid_arguments")
-            session = self.sessions.get(session_id_of(request))
             kwargs = {name: getattr(args, name) for name in type(args).model_fields}
+            if spec.takes_session:
+                kwargs["session"] = self.sessions.get(session_id_of(request))
             try:
-                result = await method(session, **kwargs) if is_async else method(session, **kwargs)
+                result = await method(**kwargs) if is_async else method(**kwargs)
             except ToolError as err:
                 return error_response(400, str(err), "tool_error")
             if isinstance(result, str):  # plain text reaches the model as is

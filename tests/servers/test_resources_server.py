@@ -49,6 +49,11 @@ class Counter(ResourcesServer):
         session.state.clear()
         return {}
 
+    @tool
+    async def now(self) -> str:
+        """A tool without session or arguments."""
+        return "noon"
+
     async def seed(self, row, session: Session) -> None:
         session.state["count"] = row.extra.get("start", 0)
 
@@ -103,7 +108,7 @@ def test_a_parameter_without_type_hint_is_refused():
 
 def test_get_tools_lists_the_schemas(client):
     tools = client.get("/tools").json()["tools"]
-    assert [t["name"] for t in tools] == [spec.name for spec in Counter.tools.values()]
+    assert [t["name"] for t in tools] == ["increment", "search", "reset-all", "now"]  # as written
 
 
 def test_tool_call_and_plain_text_result(client):
@@ -111,6 +116,9 @@ def test_tool_call_and_plain_text_result(client):
     reply = client.post("/search", json={"query": "cats", "limit": 2})
     assert reply.status_code == 200 and reply.text == "2 hits for cats (fast)"
     assert client.post("/reset-all", json={}).json() == {}
+    assert client.post("/now").text == "noon"
+    assert Counter.tools["now"].schema["parameters"] == {"additionalProperties": False, "properties": {},
+                                                         "type": "object"}
 
 
 @pytest.mark.parametrize("body,needle", [
