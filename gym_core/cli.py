@@ -97,7 +97,8 @@ def _add_rollout_parser(commands: Any) -> None:
     rollout.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY,
                          help=f"rollouts in flight at once (default {DEFAULT_CONCURRENCY})")
     rollout.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                         help=f"seconds one rollout may take before it counts as failed (default {DEFAULT_TIMEOUT_S:g})")
+                         help=f"seconds one rollout may take before it counts as failed "
+                         f"(default {DEFAULT_TIMEOUT_S:g})")
     rollout.add_argument("--registry", default=None, help=REGISTRY_HELP)
     rollout.add_argument("--config", default=None, help="start the servers of this config, collect, stop them")
     rollout.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (with --config)")

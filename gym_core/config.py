@@ -246,7 +246,8 @@ class _Interpolator:
                 return os.environ[var]
             if comma:
                 return default.strip()
-            raise self._fail(path, f"environment variable {var} is not set (set it, or give a default: ${{env:{var},default}})")
+            hint = f"set it, or give a default: ${{env:{var},default}}"
+            raise self._fail(path, f"environment variable {var} is not set ({hint})")
         if colon or not _OVERRIDE_KEY_RE.match(expr):
             raise self._fail(path, f"cannot interpolate '{text}': use ${{dotted.key}} or ${{env:VAR,default}}")
         return self._reference(tuple(expr.split(".")), text, path)
@@ -311,7 +312,8 @@ def _check_block(name: str, block: Any, origins: dict[Path_, str]) -> list[str]:
     if kind is None:
         return [err(None, f"missing `kind:` (one of {', '.join(KINDS)})")]
     if kind not in KINDS:
-        return [err("kind", f"unknown kind '{kind}'{_did_you_mean(str(kind), KINDS)}; expected one of {', '.join(KINDS)}")]
+        hint = _did_you_mean(str(kind), KINDS)
+        return [err("kind", f"unknown kind '{kind}'{hint}; expected one of {', '.join(KINDS)}")]
     entrypoint = block.get("entrypoint")
     if entrypoint is not None:
         if not isinstance(entrypoint, str) or not _ENTRYPOINT_RE.match(entrypoint):

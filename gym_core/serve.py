@@ -9,6 +9,7 @@ deregisters when it stops (SIGTERM or SIGINT: graceful shutdown, exit code 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import json
 import os
@@ -142,10 +143,8 @@ async def run(server: GymServer, registry_url: str) -> None:
         await serving
     finally:
         watchdog.cancel()
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the registry may be gone already: nothing left to tell
             await _post_registry(registry_url, "/deregister", {"name": server.name}, 1)
-        except httpx.HTTPError:
-            pass  # the registry is gone already (launcher stopping): nothing left to tell
 
 
 def _loop_factory() -> Any:

@@ -71,10 +71,10 @@ def pid_from(path: Path) -> int:
     return int(path.read_text())
 
 
-def test_launch_serves_registers_and_stops_everything(doubles: Path) -> None:
+def test_launch_serves_registers_and_stops_everything(doubles: Path, capsys: pytest.CaptureFixture) -> None:
     config = load_config({"servers": {"one": echo(greeting="${env:GYM_TEST_GREETING,hello}"),
                                       "two": {"kind": "resources", "entrypoint": "gym_test_doubles"}}})
-    with launch(config, overrides=["servers.one.level=3"], echo_logs=False) as stack:
+    with launch(config, overrides=["servers.one.level=3"]) as stack:
         registry = stack.registry_url
         listed = httpx.get(f"{registry}/servers").json()
         assert sorted(s["name"] for s in listed) == ["one", "two"]
@@ -90,6 +90,9 @@ def test_launch_serves_registers_and_stops_everything(doubles: Path) -> None:
     assert all(gone(p.pid) for p in processes)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{registry}/health", timeout=1)
+    logs = capsys.readouterr().err
+    assert "one | serving resources server 'one' at http://127.0.0.1:" in logs  # each line names its server
+    assert "two | INFO:     Finished server process" in logs
 
 
 @pytest.mark.parametrize("broken, expected", [
