@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 from fastapi import FastAPI
@@ -15,13 +16,17 @@ from gym_core.server import serve_in_background
 @pytest.fixture
 async def serve() -> AsyncIterator[Callable[[FastAPI], Awaitable[str]]]:
     """`await serve(app)` starts `app` on a free loopback port and returns its URL; all stop at test end."""
-    stack = contextlib.AsyncExitStack()
+    running: list[AbstractAsyncContextManager[str]] = []
 
     async def start(app: FastAPI) -> str:
-        return await stack.enter_async_context(serve_in_background(app))
+        server = serve_in_background(app)
+        url = await server.__aenter__()
+        running.append(server)
+        return url
 
     try:
         yield start
     finally:
         await close_client()
-        await stack.aclose()
+        # Stopped together: each stop waits out uvicorn's shutdown tick.
+        await asyncio.gather(*(server.__aexit__(None, None, None) for server in running))

@@ -133,8 +133,8 @@ async def test_servers_that_are_down_are_an_error_status(serve):
 
 
 async def test_episode_deadline_is_a_504(serve):
-    engine = FakeEngine(lambda request, step: {"role": "assistant", "content": "late"}, delay=5.0)
-    status, body = await run(await start_stack(serve, engine, episode_timeout_s=0.3), ROWS[0])
+    engine = FakeEngine(lambda request, step: {"role": "assistant", "content": "late"}, delay=1.0)
+    status, body = await run(await start_stack(serve, engine, episode_timeout_s=0.2), ROWS[0])
     assert status == 504 and body["error"]["type"] == "episode_timeout"
 
 
