@@ -131,9 +131,9 @@ class ToolCallingAgent(GymServer):
                                      {**params, "input": history + outputs}, episode)
             last = _json_object(reply, "policy", self.config.policy, "/v1/responses")
             produced = last.get("output")
-            if not isinstance(produced, list):
+            if not isinstance(produced, list) or not all(isinstance(item, dict) for item in produced):
                 raise EpisodeError(502, "policy_error", f"policy server {self.config.policy!r} returned a "
-                                                        "response without an `output` list")
+                                                        "response without an `output` list of items")
             outputs.extend(produced)
             for key, value in (last.get("usage") or {}).items():
                 if key in usage and isinstance(value, int):

@@ -178,6 +178,9 @@ async def test_openai_engine_forwards_sticky_per_session_with_the_key(serve, cap
     reply = await client.post(policy, "/v1/responses", {"input": "hi"}, headers={"X-Session-Id": "s1"})
     [message] = reply.json()["output"]
     assert message["generation_token_ids"] == [3, 4]  # token fields survive the conversion
+    user = {"role": "user", "content": "hi"}
+    assert (await client.post(policy, "/v1/responses", {"input": [user, message, user]})).status_code == 200
+    assert "generation_token_ids" not in seen[-1]["body"]["messages"][1]  # not sent upstream unless asked
     assert "sk-secret-123" not in caplog.text
 
 

@@ -16,6 +16,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from gym_core.protocol import ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, dumps, loads
 from servers.policy.engines.base import Engine, EngineConfig, EngineError
 
+TOKEN_FIELDS = frozenset({"prompt_token_ids", "generation_token_ids", "generation_log_probs"})
+
 
 # How vLLM and OpenAI word "the prompt plus max_tokens exceed the context window".
 _CONTEXT_OVERFLOW = re.compile(r"context length|context window|maximum context|max_tokens.*too large", re.I)
@@ -28,7 +30,10 @@ class OpenAIEngineConfig(EngineConfig):
     api_key: SecretStr | None = None
     timeout_s: float = 600.0
     max_connections: int = 1024
-    extra_body: dict = Field(default_factory=dict)  # merged into every upstream request (e.g. vLLM sampling)
+    extra_body: dict = Field(default_factory=dict)  # defaults for every upstream request (e.g. vLLM's top_k)
+    # Send the token fields of earlier turns back on the assistant messages (for a vLLM that splices prefix
+    # ids, as NeMo Gym's on-policy correction does); off by default: other upstreams reject unknown keys.
+    forward_token_ids: bool = False
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -78,6 +83,8 @@ class OpenAIEngine(Engine):
         assert self._client is not None
         body = {**self.config.extra_body, **request.model_dump(mode="json", exclude_unset=True),
                 "model": self.config.model or request.model or self.model_name}
+        if not self.config.forward_token_ids:
+            body["messages"] = [{k: v for k, v in m.items() if k not in TOKEN_FIELDS} for m in body["messages"]]
         url = self.replica_for(session_id)
         try:
             reply = await self._client.post(url, content=dumps(body))
