@@ -4,6 +4,7 @@ Rows are read lazily and at most `concurrency` rollouts exist at any time (a sem
 each task is created), so memory is bounded by what is in flight, not by the dataset. A rollout that fails
 (HTTP error, timeout, unreachable agent, a body without a reward, or an agent-reported `_ng_failure_class`)
 goes to the `<stem>_failures.jsonl` sidecar with its error; it never becomes a reward of 0.
+Both files are rewritten by each run (resume is not implemented yet), so no stale failures leak in.
 """
 
 from __future__ import annotations
