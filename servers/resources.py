@@ -305,7 +305,12 @@ class ResourcesServer(GymServer):
 
     async def _seed_route(self, request: Request) -> Response:
         try:
-            row = TaskRow.model_validate(loads(await request.body()))
+            body = await request.body()
+            raw = loads(body) if body else {}
+            # NeMo Gym's base seed request is empty: a body without a conversation still opens a session.
+            if isinstance(raw, dict) and "responses_create_params" not in raw:
+                raw = {**raw, "responses_create_params": {"input": []}}
+            row = TaskRow.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/seed_session expects a task row: {_brief(err)}")
         await self.seed(row, self.sessions.reset(session_id_of(request)))

@@ -221,8 +221,16 @@ def test_verify_without_a_numeric_reward_is_a_500_not_a_zero():
 
 
 def test_verify_and_seed_reject_malformed_rows(client):
-    assert client.post("/seed_session", json={"no": "params"}).status_code == 422
+    assert client.post("/seed_session", json={"responses_create_params": {}}).status_code == 422
+    assert client.post("/seed_session", json=[1]).status_code == 422
     assert client.post("/verify", json=row()).status_code == 422  # no `response`
+
+
+def test_seed_accepts_an_empty_body_like_nemo_gym(client):
+    headers = {"X-Session-Id": "e"}
+    assert client.post("/seed_session", headers=headers).json() == {}
+    assert client.post("/seed_session", json={"start": 4}, headers=headers).json() == {}
+    assert client.post("/increment", json={"by": 1}, headers=headers).json() == {"count": 5}
 
 
 def test_aggregate_metrics_route(client):
