@@ -13,6 +13,15 @@ from model.prefix_cache import PrefixCache
 VOCAB = 50
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny batched ops are fastest on one thread; two OpenMP threads stall when the other core is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class CountingPool:
     """Test-double StatePool: each slot's whole "state" is the running sum and count of its tokens."""
 
@@ -293,3 +302,18 @@ def test_real_model_prefix_reuse_equals_full_prefill(tiny_model):
     assert second.token_ids == expected.token_ids
     assert second.logprobs == pytest.approx(expected.logprobs, abs=1e-4)
     assert engine.stats.prefill_tokens - before == 6 and second.cached_tokens == len(turn2) - 6
+
+
+def test_real_tokenizer_thinking_budget_and_text():
+    from model import load
+    from model.tokenizer import ChatTokenizer
+
+    tokenizer = ChatTokenizer.from_pretrained("builtin:tiny")
+    engine = Engine(load("builtin:tiny"), tokenizer, max_batch=2, max_len=256)
+    prompt = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], enable_thinking=True))
+    params = SamplingParams(temperature=0, max_tokens=6, thinking_budget=0, thinking_grace=2)
+    res = engine.generate([GenerationRequest(prompt, params)])[0]
+    newline = tokenizer.encode("\n")[-1]
+    assert res.token_ids[:2] == [newline, tokenizer.think_end_id]  # the prompt already ends with a newline
+    assert res.num_reasoning_tokens == 1 and res.text == tokenizer.decode(res.token_ids)
+    assert "</think>" in res.text

@@ -25,13 +25,13 @@ def test_samples_follow_the_truncated_distribution():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = gens(0)
     counts = torch.zeros(4)
-    for _ in range(3000):
+    for _ in range(1500):
         token = sample(logits, [SamplingParams(top_p=0.7)], g)[0][0]
         counts[token] += 1
     # top_p=0.7 keeps {0.5, 0.3} (0.5 alone does not reach 0.7), renormalised to 0.625 / 0.375.
     assert counts[2:].sum() == 0
-    assert counts[0] / 3000 == pytest.approx(0.625, abs=0.03)
-    top_k = [sample(logits, [SamplingParams(top_k=3)], g)[0][0] for _ in range(500)]
+    assert counts[0] / 1500 == pytest.approx(0.625, abs=0.04)
+    top_k = [sample(logits, [SamplingParams(top_k=3)], g)[0][0] for _ in range(300)]
     assert set(top_k) == {0, 1, 2}
 
 
