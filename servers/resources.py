@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gym_core.protocol import Message, Response as EpisodeResponse, TaskRow, VerifyRequest, dumps, loads
 from gym_core.server import (
@@ -200,9 +200,9 @@ def _brief(err: Exception) -> str:
 class ResourcesConfig(ServerConfig):
     """Config block of a resources server; environments may subclass it to add fields."""
 
-    session_ttl_s: float = 3600.0
+    session_ttl_s: float = Field(3600.0, gt=0)  # an idle session is forgotten after this long
     end_session_on_verify: bool = True  # keeps memory bounded by in-flight rollouts
-    process_workers: int = 2  # pool size for `run_in_process`
+    process_workers: int = Field(2, ge=1)  # pool size for `run_in_process`
 
 
 class ResourcesServer(GymServer):

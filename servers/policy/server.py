@@ -9,12 +9,12 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from gym_core.protocol import ChatCompletionRequest, ResponseCreateParams, loads
 from gym_core.server import (
-    SESSION_HEADER,
     GymServer,
     JSONResponse,
     ServerConfig,
     describe_validation_error,
     error_response,
+    session_id_of,
 )
 from servers.policy.convert import ConversionError, chat_to_response, responses_to_chat
 from servers.policy.engines.base import Engine, EngineError, create_engine
@@ -29,7 +29,11 @@ class PolicyConfig(ServerConfig):
 
 
 class PolicyServer(GymServer):
-    """`POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` over one engine."""
+    """`POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` over one engine.
+
+    The rollout's session (the `X-Session-Id` header, or for NeMo Gym agents the session cookie this server
+    set) is handed to the engine, which may use it to keep a rollout on one replica.
+    """
 
     kind: ClassVar[str] = "policy"
     config_model: ClassVar[type[BaseModel]] = PolicyConfig
@@ -58,7 +62,7 @@ class PolicyServer(GymServer):
         except (ValidationError, ValueError) as err:
             return _invalid(err)
         try:
-            completion = await self.engine.chat(chat, session_id=request.headers.get(SESSION_HEADER))
+            completion = await self.engine.chat(chat, session_id=session_id_of(request))
         except EngineError as err:
             return error_response(err.status, str(err), err.error_type)
         return JSONResponse(completion)
@@ -72,7 +76,7 @@ class PolicyServer(GymServer):
         except (ValidationError, ValueError) as err:  # ConversionError is a ValueError
             return _invalid(err)
         try:
-            completion = await self.engine.chat(chat, session_id=request.headers.get(SESSION_HEADER))
+            completion = await self.engine.chat(chat, session_id=session_id_of(request))
         except EngineError as err:
             return error_response(err.status, str(err), err.error_type)
         return JSONResponse(chat_to_response(completion, params))
