@@ -1,21 +1,23 @@
 """One async HTTP client per process: servers by name through the registry, a timeout on every call,
 bounded retries for connection failures only.
 
-The httpx API runs over aiohttp's connection pool (`httpx-aiohttp`): httpx's own pool slows down badly with
-thousands of queued requests (see benchmarks/README.md, "Client transport"). Cookies are never stored; a
-rollout's session travels explicitly in each call's headers (`X-Session-Id`, or a NeMo Gym cookie).
+Requests go out over one aiohttp connection pool and come back as `httpx.Response` objects, with failures
+raised as httpx exceptions: callers use the httpx API. httpx's own pool slows down badly with thousands of
+requests in flight, and its request pipeline costs about 2.5x aiohttp's CPU per call even over the
+`httpx-aiohttp` transport (benchmarks/README.md, "Client transport"). Cookies are never stored: one client
+serves many rollouts, so a rollout's session travels explicitly in each call's headers (`X-Session-Id`,
+or a NeMo Gym cookie).
 """
 
 from __future__ import annotations
 
 import asyncio
-import http.cookiejar
+import functools
 import os
-from typing import Any, Literal
+from typing import Any
 
 import aiohttp
 import httpx
-from httpx_aiohttp import AiohttpTransport
 
 from gym_core.protocol import dumps, loads
 
@@ -41,7 +43,7 @@ class ServerNotRegistered(LookupError):
 
 
 class ServerError(RuntimeError):
-    """A server answered with an error status; `status` and the server's `message` are kept."""
+    """A server answered with an error status; `status` and the server's `body` are kept."""
 
     def __init__(self, message: str, status: int, body: Any) -> None:
         super().__init__(message)
@@ -49,36 +51,26 @@ class ServerError(RuntimeError):
         self.body = body
 
 
-class _Transport(AiohttpTransport):
-    """httpx-aiohttp's transport with aiohttp errors mapped to the httpx error that says what happened."""
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        """Send one request; a refused connection is `httpx.ConnectError`, a dropped one `RemoteProtocolError`."""
-        try:
-            return await super().handle_async_request(request)
-        except httpx.TransportError as exc:
-            raise _remap(exc, request) from exc.__cause__
+def _is_connect_failure(exc: BaseException) -> bool:
+    """True when no connection was made, so the request was never sent and repeating it is safe."""
+    return isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError)
 
 
-def _remap(exc: httpx.TransportError, request: httpx.Request) -> httpx.TransportError:
-    cause = exc.__cause__
-    message = str(cause or exc)
-    if isinstance(cause, aiohttp.ClientConnectorError):
+def _as_httpx_error(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.TransportError:
+    message = str(exc) or type(exc).__name__
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return httpx.RemoteProtocolError(f"server disconnected before answering: {message}", request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return httpx.ConnectError(message, request=request)
-    if isinstance(cause, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout(message, request=request)
-    if isinstance(cause, (aiohttp.ServerTimeoutError, asyncio.TimeoutError)):
-        return httpx.ReadTimeout(message, request=request)
-    if isinstance(cause, aiohttp.ServerDisconnectedError):
-        return httpx.RemoteProtocolError(message or "server disconnected", request=request)
-    if isinstance(cause, (aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
-        return httpx.ReadError(message, request=request)
-    return exc
+    if isinstance(exc, aiohttp.InvalidURL):
+        return httpx.UnsupportedProtocol(message, request=request)
+    return httpx.ReadError(message, request=request)
 
 
-def _no_cookie_jar() -> http.cookiejar.CookieJar:
-    # One client serves many rollouts at once: a stored cookie would leak one rollout's session into another.
-    return http.cookiejar.CookieJar(policy=http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+@functools.lru_cache(maxsize=4096)
+def _url(url: str) -> httpx.URL:
+    # Parsing a URL costs more than building the rest of the response object; a process calls few distinct URLs.
+    return httpx.URL(url)
 
 
 class ServiceClient:
@@ -92,31 +84,29 @@ class ServiceClient:
         max_tries: int = MAX_TRIES,
         max_connections: int = 8192,
         max_connections_per_host: int = 1024,
-        transport: Literal["aiohttp", "httpx"] = "aiohttp",
     ) -> None:
         self.registry_url = (registry_url or os.environ.get(REGISTRY_URL_ENV) or DEFAULT_REGISTRY_URL).rstrip("/")
         self.timeout = timeout
         self.max_tries = max_tries
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, str] = {}
         self._lookups: dict[str, asyncio.Future[str]] = {}
-        limits = httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections,
-            keepalive_expiry=KEEPALIVE_SECONDS,
-        )
-        if transport == "aiohttp":
-            connector_args = dict(limit=max_connections, limit_per_host=max_connections_per_host)
 
-            def session() -> aiohttp.ClientSession:
-                connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_SECONDS, **connector_args)
-                return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
-            http_transport: httpx.AsyncBaseTransport = _Transport(client=session)
-        else:
-            http_transport = httpx.AsyncHTTPTransport(limits=limits)
-        self.http = httpx.AsyncClient(
-            transport=http_transport, timeout=timeout, cookies=_no_cookie_jar(), trust_env=False,
-            follow_redirects=False,
-        )
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session, opened on first use inside the running loop."""
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections, limit_per_host=self.max_connections_per_host,
+                keepalive_timeout=KEEPALIVE_SECONDS,
+            )
+            # Bodies stay as sent so httpx.Response decodes them once, from its own headers.
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False
+            )
+        return self._session
 
     async def post(
         self, server: str, path: str, json: Any = None, *, headers: dict[str, str] | None = None,
@@ -124,7 +114,12 @@ class ServiceClient:
     ) -> httpx.Response:
         """POST `json` (dicts, lists or pydantic models, serialized with orjson) to `path` on `server`."""
         body = None if json is None else dumps(json)
-        all_headers = {"content-type": "application/json", **(headers or {})}
+        if not headers:
+            all_headers = _JSON_HEADERS
+        elif any(key.lower() == "content-type" for key in headers):
+            all_headers = headers
+        else:
+            all_headers = {**_JSON_HEADERS, **headers}
         return await self.request("POST", server, path, content=body, headers=all_headers, timeout=timeout)
 
     async def get(
@@ -150,25 +145,37 @@ class ServiceClient:
         for attempt in range(1, self.max_tries + 1):
             url = await self.url_of(server) + _slash(path)
             try:
-                async with asyncio.timeout(limit):
-                    return await self.http.request(method, url, content=content, headers=headers, timeout=limit)
-            except (TimeoutError, httpx.TimeoutException) as exc:
-                if isinstance(exc, httpx.ConnectTimeout) and attempt < self.max_tries:
-                    await self._backoff(server, attempt)
-                    continue
+                return await self._send(method, url, content, headers, limit)
+            except TimeoutError as exc:
                 raise CallTimeout(
                     f"{method} {url} (server {server!r}) got no response within {limit:g} s; "
-                    "pass a larger timeout= if the server is just slow, or check its log"
+                    "pass a larger timeout= if the server is just slow, or check its log",
+                    request=httpx.Request(method, _url(url)),
                 ) from exc
-            except httpx.ConnectError as exc:
+            except aiohttp.ClientError as exc:
+                if not _is_connect_failure(exc):
+                    raise _as_httpx_error(exc, httpx.Request(method, _url(url))) from exc
                 if attempt < self.max_tries:
                     await self._backoff(server, attempt)
                     continue
                 raise ServerUnreachable(
                     f"cannot connect to server {server!r} at {url} after {self.max_tries} tries ({exc}); "
-                    "is it running? `gym status` lists the live servers"
+                    "is it running? `gym status` lists the live servers",
+                    request=httpx.Request(method, _url(url)),
                 ) from exc
         raise AssertionError("unreachable")  # the loop always returns or raises
+
+    async def _send(
+        self, method: str, url: str, content: bytes | None, headers: dict[str, str] | None, limit: float
+    ) -> httpx.Response:
+        request_timeout = aiohttp.ClientTimeout(total=limit)
+        async with self.session.request(
+            method, url, data=content, headers=headers, timeout=request_timeout, allow_redirects=False
+        ) as reply:
+            body = await reply.read()
+        return httpx.Response(
+            reply.status, headers=reply.raw_headers, content=body, request=httpx.Request(method, _url(url))
+        )
 
     async def _backoff(self, server: str, attempt: int) -> None:
         # A refused connection may mean the server moved (restarted on a new port): look its name up again.
@@ -192,10 +199,10 @@ class ServiceClient:
     async def _lookup(self, server: str) -> str:
         registry = self.registry_url
         try:
-            response = await self.http.get(f"{registry}/servers/{server}", timeout=10.0)
-        except httpx.TransportError as exc:
+            response = await self._send("GET", f"{registry}/servers/{server}", None, None, 10.0)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerUnreachable(
-                f"cannot reach the registry at {registry} to look up server {server!r} ({exc}); "
+                f"cannot reach the registry at {registry} to look up server {server!r} ({exc or 'timed out'}); "
                 f"is `gym up` running? Set {REGISTRY_URL_ENV} if the registry is elsewhere"
             ) from exc
         if response.status_code == 404:
@@ -210,7 +217,7 @@ class ServiceClient:
 
     async def _known_hint(self) -> str:
         try:
-            entries = (await self.http.get(f"{self.registry_url}/servers", timeout=5.0)).json()
+            entries = loads((await self._send("GET", f"{self.registry_url}/servers", None, None, 5.0)).content)
             names = sorted(e["name"] for e in entries)
         except Exception:  # the hint is best effort; the lookup error itself is what matters
             return ""
@@ -222,7 +229,11 @@ class ServiceClient:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self.http.aclose()
+        if self._session is not None:
+            await self._session.close()
+
+
+_JSON_HEADERS = {"content-type": "application/json"}
 
 
 def _slash(path: str) -> str:

@@ -91,29 +91,29 @@ async def client() -> AsyncIterator[ServiceClient]:
     await service.aclose()
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
-async def test_post_and_get_by_url(target, transport: str) -> None:
-    url, hits = target
-    service = ServiceClient(transport=transport)  # type: ignore[arg-type]
-    try:
-        response = await service.post(url, "echo", {"a": [1, 2]}, headers={"X-Session-Id": "s"})
-        assert response.status_code == 200 and response.json()["body"] == {"a": [1, 2]}
-        assert (await service.get(url + "/", "/sleep/0")).json() == {"slept": 0}
-    finally:
-        await service.aclose()
+async def test_post_and_get_by_url_give_httpx_responses(target, client: ServiceClient) -> None:
+    url, _ = target
+    response = await client.post(url, "echo", {"a": [1, 2]}, headers={"X-Session-Id": "s"})
+    assert isinstance(response, httpx.Response)
+    assert response.status_code == 200 and response.json()["body"] == {"a": [1, 2]}
+    assert response.headers["content-type"] == "application/json"
+    assert response.request.method == "POST" and response.request.url.path == "/echo"
+    response.raise_for_status()
+    assert (await client.get(url + "/", "/sleep/0")).json() == {"slept": 0}
+    assert (await client.post_json(url, "/echo", {"k": 1}, headers={"Content-Type": "application/json"}))["body"] == {"k": 1}
 
 
 async def test_closed_port_fails_fast_after_bounded_tries(client: ServiceClient) -> None:
     url = closed_port_url()
     attempts = 0
-    send = client.http.request
+    send = client._send
 
-    async def counting_request(*args, **kwargs):
+    async def counting_send(*args, **kwargs):
         nonlocal attempts
         attempts += 1
         return await send(*args, **kwargs)
 
-    client.http.request = counting_request  # type: ignore[method-assign]
+    client._send = counting_send  # type: ignore[method-assign]
     started = time.perf_counter()
     with pytest.raises(ServerUnreachable, match=r"after 3 tries.*is it running") as caught:
         await client.post(url, "/run", {"x": 1})
