@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,11 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model.config import ATTENTION, MAMBA, MOE, NemotronHConfig  # noqa: E402
-from model.engine import Engine, GenerationRequest, SamplingParams  # noqa: E402
-from model.loader import load  # noqa: E402
-from model.nemotron_h import NemotronHForCausalLM  # noqa: E402
-from model.prefix_cache import PrefixCache, state_nbytes  # noqa: E402
+from model.config import ATTENTION, MAMBA, MOE, NemotronHConfig
+from model.engine import Engine, GenerationRequest, SamplingParams
+from model.loader import load
+from model.nemotron_h import NemotronHForCausalLM
+from model.prefix_cache import PrefixCache, state_nbytes
 
 README = ROOT / "benchmarks" / "README.md"
 TINY = ROOT / "model" / "builtin" / "tiny"
@@ -50,36 +51,38 @@ def best_of(repeats: int, fn) -> float:
 
 
 # ---- 1. decode throughput: engine vs transformers generate ---------------------------------------------
+def engine_decode(model: NemotronHForCausalLM, prompts: list[list[int]], n: int) -> None:
+    """Greedy-generate n tokens for every prompt at once with our engine."""
+    engine = Engine(model, max_batch=len(prompts), max_len=256, prefill_chunk=512, prefix_cache=PrefixCache(0))
+    engine.generate([GenerationRequest(p, SamplingParams(temperature=0, max_tokens=n)) for p in prompts])
+
+
+def hf_decode(model: torch.nn.Module, prompts: list[list[int]], n: int) -> None:
+    """Greedy-generate exactly n tokens for every prompt at once with transformers' generate."""
+    ids = torch.tensor(prompts)
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                       do_sample=False, pad_token_id=0)
+
+
 def decode_throughput(batch_sizes: list[int], new_tokens: int, repeats: int) -> list[tuple[int, float, float]]:
     """Tokens/s of decode (time for N new tokens minus time for 1) on builtin:tiny, for both engines."""
     import transformers
 
     transformers.logging.set_verbosity_error()
-    ours = load(TINY)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32).eval()
+    models = (load(TINY), transformers.AutoModelForCausalLM.from_pretrained(TINY, dtype=torch.float32).eval())
+    runs = (engine_decode, hf_decode)
     rows = []
     for b in batch_sizes:
         prompts = [[5 + (7 * i + j) % 500 for j in range(16)] for i in range(b)]
-
-        def engine_run(n: int) -> None:
-            engine = Engine(ours, max_batch=b, max_len=256, prefill_chunk=512, prefix_cache=PrefixCache(0))
-            engine.generate([GenerationRequest(p, SamplingParams(temperature=0, max_tokens=n)) for p in prompts])
-
-        def hf_run(n: int) -> None:
-            ids = torch.tensor(prompts)
-            with torch.inference_mode():
-                hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                            do_sample=False, pad_token_id=0)
-
-        runs = (engine_run, hf_run)
-        for run in runs:
-            run(4)  # warm-up
+        for run, model in zip(runs, models):
+            run(model, prompts, 4)  # warm-up
         # Alternate the two engines so a burst of load from other processes hits both alike; keep the minima.
         full, one = [float("inf")] * 2, [float("inf")] * 2
         for _ in range(repeats):
-            for i, run in enumerate(runs):
-                full[i] = min(full[i], best_of(1, lambda: run(new_tokens)))
-                one[i] = min(one[i], best_of(1, lambda: run(1)))
+            for i, (run, model) in enumerate(zip(runs, models)):
+                full[i] = min(full[i], best_of(1, partial(run, model, prompts, new_tokens)))
+                one[i] = min(one[i], best_of(1, partial(run, model, prompts, 1)))
         speeds = [b * (new_tokens - 1) / (full[i] - one[i]) for i in range(2)]
         rows.append((b, *speeds))
         print(f"decode batch {b}: engine {speeds[0]:.0f} tok/s, transformers {speeds[1]:.0f} tok/s", flush=True)
@@ -156,52 +159,61 @@ def fmt_bytes(n: float) -> str:
     return ""
 
 
-def run(args: argparse.Namespace) -> str:
-    """Run every section; return the markdown for the Engine section of benchmarks/README.md."""
-    torch.manual_seed(0)
-    begin = time.perf_counter()
-    lines = [f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-             f"torch {torch.__version__}, CPU only. Command: `.venv/bin/python benchmarks/engine.py"
-             f"{' --quick' if args.quick else ''} --threads {args.threads}`.", ""]
-
-    batches = [1, 8] if args.quick else [1, 8, 32]
-    rows = decode_throughput(batches, new_tokens=16 if args.quick else 64, repeats=1 if args.quick else 5)
-    lines += ["**Decode throughput** (builtin:tiny, fp32, greedy, 16-token prompts; tokens/s of decode = "
-              "(time for N new tokens - time for 1) per batch, best of 5, the two engines alternating):", "",
-              "| batch | engine tok/s | transformers `generate` tok/s | speed-up |", "|---|---|---|---|"]
+def decode_section(quick: bool) -> tuple[list[str], list[tuple[int, float, float]]]:
+    """Markdown for the decode-throughput table, and its rows."""
+    rows = decode_throughput([1, 8] if quick else [1, 8, 32], new_tokens=16 if quick else 64,
+                             repeats=1 if quick else 5)
+    lines = [("**Decode throughput** (builtin:tiny, fp32, greedy, 16-token prompts; tokens/s of decode = "
+              "(time for N new tokens - time for 1) per batch, best of 5, the two engines alternating):"), "",
+             "| batch | engine tok/s | transformers `generate` tok/s | speed-up |", "|---|---|---|---|"]
     lines += [f"| {b} | {ours:.0f} | {hf:.0f} | {ours / hf:.2f}x |" for b, ours, hf in rows]
+    return lines, rows
 
-    model = NemotronHForCausalLM(PROPORTIONAL).eval()
-    timer = LayerTimer(model)
-    chunk = 2048
-    lengths = [1024, 4096] if args.quick else [1024, 4096, 16384, 65536]
-    prefill_rows = {}
+
+def prefill_section(model: NemotronHForCausalLM, quick: bool) -> tuple[list[str], dict]:
+    """Markdown for the prefill-by-layer-type table, and its rows by prompt length."""
+    timer, chunk, c = LayerTimer(model), 2048, model.config
+    lengths = [1024, 4096] if quick else [1024, 4096, 16384, 65536]
     prefill_by_layer(model, timer, 1024, 1024, repeats=1)  # warm-up
+    rows = {}
     for length in lengths:
-        prefill_rows[length] = prefill_by_layer(model, timer, length, chunk, repeats=1 + (length < 65536))
-        print(f"prefill {length}: {prefill_rows[length][1]:.1f} s", flush=True)
-    base = prefill_rows[lengths[0]][0]
-    lines += ["", f"**Prefill by layer type** (pattern `{PROPORTIONAL.hybrid_override_pattern}`, hidden "
-              f"{PROPORTIONAL.hidden_size}, {PROPORTIONAL.n_routed_experts} experts top-{PROPORTIONAL.num_experts_per_tok}"
-              f", fp32, whole prompt prefilled in chunks of {chunk}; time per prompt token summed over the layers of each "
-              f"type; best of 2 runs below 64K, 1 run at 64K):", "",
-              "| prompt | Mamba µs/tok | MoE µs/tok | attention µs/tok | Mamba vs 1K | MoE vs 1K | attention share "
-              "| Mamba state/seq | KV cache/seq |", "|---|---|---|---|---|---|---|---|---|"]
-    for length, (per_token, total, sizes) in prefill_rows.items():
+        rows[length] = prefill_by_layer(model, timer, length, chunk, repeats=1 + (length < 65536))
+        print(f"prefill {length}: {rows[length][1]:.1f} s", flush=True)
+    base = rows[lengths[0]][0]
+    lines = [(f"**Prefill by layer type** (pattern `{c.hybrid_override_pattern}`, hidden {c.hidden_size}, "
+              f"{c.n_routed_experts} experts top-{c.num_experts_per_tok}, fp32, whole prompt prefilled in chunks of "
+              f"{chunk}; time per prompt token summed over the layers of each type; best of 2 runs below 64K, "
+              "1 run at 64K):"), "",
+             ("| prompt | Mamba µs/tok | MoE µs/tok | attention µs/tok | Mamba vs 1K | MoE vs 1K | attention share "
+              "| Mamba state/seq | KV cache/seq |"), "|---|---|---|---|---|---|---|---|---|"]
+    for length, (per_token, _, sizes) in rows.items():
         m, e, a = (per_token.get(k, 0.0) * 1e6 for k in (MAMBA, MOE, ATTENTION))
         lines.append(f"| {length // 1024}K | {m:.0f} | {e:.0f} | {a:.0f} | {m / (base[MAMBA] * 1e6):.2f}x | "
                      f"{e / (base[MOE] * 1e6):.2f}x | {a / (m + e + a):.0%} | {fmt_bytes(sizes['mamba'])} | "
                      f"{fmt_bytes(sizes['kv'])} |")
+    return lines, rows
 
+
+def run(args: argparse.Namespace) -> str:
+    """Run every section; return the markdown for the Engine section of benchmarks/README.md."""
+    torch.manual_seed(0)
+    begin = time.perf_counter()
+    lines = [(f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+              f"torch {torch.__version__}, CPU only. Command: `.venv/bin/python benchmarks/engine.py"
+              f"{' --quick' if args.quick else ''} --threads {args.threads}`."), ""]
+    decode_lines, decode_rows = decode_section(args.quick)
+    model = NemotronHForCausalLM(PROPORTIONAL).eval()
+    prefill_lines, prefill_rows = prefill_section(model, args.quick)
     turn1 = 1024 if args.quick else 4096
     reuse, full, reused_prefill, full_prefill = second_turn(model, turn1, added=64, new_tokens=16)
-    lines += ["", f"**Second turn** (same model; turn 1 = {turn1}-token prompt + 16 generated, turn 2 adds 64 "
-              f"tokens and generates 16): with prefix reuse {reuse:.2f} s ({reused_prefill} tokens prefilled), "
-              f"re-prefilling the conversation {full:.2f} s ({full_prefill} tokens prefilled): "
-              f"{full / reuse:.1f}x faster.",
-              "", *targets(rows, prefill_rows),
-              "", f"Peak RSS of the benchmark process: {fmt_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}; "
-              f"whole run {time.perf_counter() - begin:.0f} s."]
+    peak = fmt_bytes(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    lines += [*decode_lines, "", *prefill_lines, "",
+              (f"**Second turn** (same model; turn 1 = {turn1}-token prompt + 16 generated, turn 2 adds 64 "
+               f"tokens and generates 16): with prefix reuse {reuse:.2f} s ({reused_prefill} tokens prefilled), "
+               f"re-prefilling the conversation {full:.2f} s ({full_prefill} tokens prefilled): "
+               f"{full / reuse:.1f}x faster."),
+              "", *targets(decode_rows, prefill_rows),
+              "", f"Peak RSS of the benchmark process: {peak}; whole run {time.perf_counter() - begin:.0f} s."]
     return "\n".join(lines)
 
 
@@ -226,7 +238,7 @@ def write_section(body: str, notes: str) -> None:
     """Replace (or append) the `## Engine` section of benchmarks/README.md."""
     text = README.read_text() if README.exists() else "# Benchmarks\n"
     section = f"## Engine\n\n{notes.strip()}\n\n### Results\n\n{body}\n"
-    pattern = re.compile(r"^## Engine\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(r"^## Engine\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     README.write_text(text)
 

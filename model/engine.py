@@ -14,8 +14,9 @@ import queue
 import threading
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -170,28 +171,33 @@ class Engine:
                 self.pool.reset(slot)
             else:
                 self.pool.restore(slot, snap.state)
-                seq.pending, seq.cached, seq.next_logits = list(prompt[len(snap.tokens):]), len(snap.tokens), snap.next_logits
+                seq.pending, seq.cached = list(prompt[len(snap.tokens):]), len(snap.tokens)
+                seq.next_logits = snap.next_logits
                 self.stats.cached_tokens += seq.cached
             self._running[slot] = seq
 
     def _prefill(self) -> list[GenerationResult]:
-        """Run prompt chunks, oldest sequence first, until the step's token budget is spent."""
-        budget, finished = self.prefill_chunk, []
-        for seq in list(self._running.values()):
+        """Run prompt chunks, oldest sequence first, until the step's token budget is spent.
+
+        Chunks of equal length (e.g. repeats of one prompt) go through the model together as one batch.
+        """
+        budget, groups = self.prefill_chunk, {}
+        for seq in self._running.values():
             if budget <= 0:
                 break
-            if not seq.pending:
-                continue
-            chunk, seq.pending = seq.pending[:budget], seq.pending[budget:]
-            budget -= len(chunk)
-            ids = torch.tensor([chunk], device=self.device)
-            seq.next_logits = self._forward(ids, [seq.slot])[0]
-            self.stats.prefill_tokens += len(chunk)
-        # A prompt restored whole from the cache has its logits already; so do freshly prefilled ones.
-        for seq in list(self._running.values()):
-            if not seq.pending and not seq.tokens:
-                finished += self._emit([seq], seq.next_logits[None])
-        return finished
+            if seq.pending:
+                chunk, seq.pending = seq.pending[:budget], seq.pending[budget:]
+                budget -= len(chunk)
+                groups.setdefault(len(chunk), []).append((seq, chunk))
+        for group in groups.values():
+            ids = torch.tensor([chunk for _, chunk in group], device=self.device)
+            logits = self._forward(ids, [seq.slot for seq, _ in group])
+            for i, (seq, _) in enumerate(group):
+                seq.next_logits = logits[i]
+            self.stats.prefill_tokens += ids.numel()
+        # Sample the first token of every prompt now complete, whether prefilled or restored whole from the cache.
+        firsts = [seq for seq in self._running.values() if not seq.pending and not seq.tokens]
+        return self._emit(firsts, torch.stack([seq.next_logits for seq in firsts])) if firsts else []
 
     def _decode(self, seqs: list[_Sequence]) -> list[GenerationResult]:
         """Feed every ready sequence its last token and sample the next one."""
@@ -327,7 +333,7 @@ class AsyncEngine:
             if self.engine.has_work():
                 try:
                     results = self.engine.step()
-                except Exception as exc:  # a bug in a step fails every request in flight, not silently
+                except Exception as exc:  # noqa: BLE001 -- a failed step fails every request in flight, loudly
                     self._fail_all(exc)
                     continue
                 for result in results:

@@ -68,9 +68,9 @@ class PrefixCache:
         """The longest stored sequence that is a prefix of `prompt` (or equal to it), marked recently used."""
         best = None
         for key, snap in self._entries.items():
-            if len(key) <= len(prompt) and (best is None or len(key) > len(best.tokens)):
-                if tuple(prompt[: len(key)]) == key:
-                    best = snap
+            longer = best is None or len(key) > len(best.tokens)
+            if longer and len(key) <= len(prompt) and tuple(prompt[: len(key)]) == key:
+                best = snap
         if best is not None:
             self._entries.move_to_end(best.tokens)
         return best

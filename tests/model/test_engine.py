@@ -7,7 +7,13 @@ import asyncio
 import pytest
 import torch
 
-from model.engine import AsyncEngine, Engine, GenerationRequest, ReasoningTokens, SamplingParams
+from model.engine import (
+    AsyncEngine,
+    Engine,
+    GenerationRequest,
+    ReasoningTokens,
+    SamplingParams,
+)
 from model.prefix_cache import PrefixCache
 
 VOCAB = 50
@@ -119,6 +125,15 @@ def test_seeded_sampling_is_batch_invariant_and_deterministic():
     other_seed = make_engine().generate([GenerationRequest([3, 1, 4, 1, 5], SamplingParams(
         temperature=1.3, top_p=0.9, top_k=20, seed=12, max_tokens=12))])[0]
     assert other_seed.token_ids != alone.token_ids
+
+
+def test_repeats_of_a_prompt_prefill_as_one_batch():
+    engine = make_engine(max_batch=4, prefill_chunk=64)
+    reqs = [GenerationRequest([2, 7, 1, 8, 2, 8], SamplingParams(seed=i, max_tokens=5)) for i in range(4)]
+    results = engine.generate(reqs)
+    assert engine.model.calls[0] == (4, 6) and engine.stats.prefill_tokens == 24
+    alone = make_engine().generate([GenerationRequest([2, 7, 1, 8, 2, 8], SamplingParams(seed=2, max_tokens=5))])
+    assert results[2].token_ids == alone[0].token_ids
 
 
 def test_logprobs_are_tempered_and_untruncated():

@@ -52,6 +52,6 @@ def test_forced_tokens_report_their_tempered_logprob():
 
 
 def test_invalid_params_are_rejected():
-    for bad in (dict(temperature=-1), dict(top_p=0), dict(top_k=-1), dict(max_tokens=0)):
+    for bad in ({"temperature": -1}, {"top_p": 0}, {"top_k": -1}, {"max_tokens": 0}):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
