@@ -125,6 +125,10 @@ class Engine:
         n = len(request.prompt_token_ids)
         if not 0 < n <= self.max_len:
             raise ValueError(f"prompt has {n} tokens; it must have 1..max_len={self.max_len}")
+        if request.params.stop and self.detokenize is None:
+            raise ValueError("stop strings need a detokenizer: pass `tokenizer` or `detokenize` to the Engine")
+        if request.params.thinking_budget is not None and self.reasoning is None:
+            raise ValueError("thinking_budget needs think token ids: pass `tokenizer` or `reasoning` to the Engine")
         self._waiting.append(request)
 
     def has_work(self) -> bool:

@@ -174,6 +174,14 @@ def test_stop_token_ids_max_tokens_and_stop_strings():
     assert free.finish_reason == "length" and len(free.token_ids) == 10
 
 
+def test_requests_the_engine_cannot_honour_are_rejected():
+    engine = make_engine(max_len=8)
+    for params, prompt in ((SamplingParams(), []), (SamplingParams(), [1] * 9), (SamplingParams(stop=("x",)), [1]),
+                           (SamplingParams(thinking_budget=4), [1])):
+        with pytest.raises(ValueError):
+            engine.add_request(GenerationRequest(prompt, params))
+
+
 def test_slot_capacity_ends_with_length():
     res = make_engine(max_len=12).generate([GenerationRequest([1] * 8, SamplingParams(max_tokens=100))])[0]
     assert res.finish_reason == "length" and len(res.token_ids) == 4
@@ -242,6 +250,8 @@ async def test_async_engine_matches_sync():
     engine = AsyncEngine(make_engine(max_batch=2))
     try:
         got = await asyncio.gather(*(engine.submit(r) for r in reqs))
+        with pytest.raises(ValueError):
+            await engine.submit(GenerationRequest([], SamplingParams()))
     finally:
         engine.close()
     assert [r.token_ids for r in got] == [r.token_ids for r in expected]
