@@ -1,10 +1,17 @@
 """Batched generation: continuous batching over a fixed set of state slots, chunked prefill, per-request
 sampling, thinking-budget enforcement and prefix reuse across turns.
 
-One `step()` admits waiting requests into free slots, runs prefill chunks (up to `prefill_chunk` prompt
-tokens in total, one sequence per forward call) and then one decode step for every sequence that has
-its prompt done. Sequences join and leave between steps. `generate` loops `step` until all requests
-finish; `AsyncEngine` runs the same loop on a background thread for the policy server.
+One `step()` admits waiting requests into free slots (restoring the longest cached prefix of each prompt),
+runs prefill chunks (up to `prefill_chunk` prompt tokens in total; chunks of equal length share a forward
+call) and then one decode step for every sequence whose prompt is done. Sequences join and leave between
+steps. `generate` loops `step` until all requests finish; `AsyncEngine` runs the same loop on a background
+thread for the policy server.
+
+Thinking budget (NVIDIA's documented behaviour for Nemotron 3): for a request with `thinking_budget` whose
+prompt ends with the think-start sequence, once `thinking_budget` tokens have been generated without
+`</think>`, the engine waits for a newline token and then forces `end_sequence` (newline, `</think>`) one
+token per step; at `thinking_budget + thinking_grace` tokens it forces it regardless. Forced tokens carry
+the model's log-prob of that token (same convention as sampled ones), so a trainer can recompute them.
 """
 
 from __future__ import annotations
