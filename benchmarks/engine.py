@@ -248,9 +248,10 @@ NOTES = """
 per-request sampling, prefix reuse) on CPU; it rewrites this section each run. The torch thread count is
 pinned (`--threads`, default 1): on this shared 2-core VM two OpenMP threads stall for milliseconds whenever
 the other core is busy, which made small-batch numbers swing by 10x. Other processes were running during
-the recorded run; every number is a best of several runs.
+the recorded run; every number is a best of several runs. The prefill model has 6.5M parameters (3.3M
+active per token), random weights.
 
-Why decode misses the 5x target. On builtin:tiny (0.1M parameters) a decode step is ~150 tiny eager ops
+Why decode misses the 5x target. On builtin:tiny (0.27M parameters) a decode step is ~150 tiny eager ops
 whose cost is dispatch overhead, not arithmetic: the engine's own work per step (scheduling, batched
 sampling, per-row generators) is under 0.5 ms of a ~5.5 ms step at batch 32, so the step time is the native
 model's forward, which is only somewhat leaner than transformers' (no `DynamicCache`, no padding masks, no
