@@ -67,6 +67,25 @@ def _as_httpx_error(exc: aiohttp.ClientError, request: httpx.Request) -> httpx.T
     return httpx.ReadError(message, request=request)
 
 
+def connection_budget(cap: int = 8192) -> int:
+    """How many connections this process may keep open: half its open-files limit, at most `cap`.
+
+    Raises the soft open-files limit to the hard one first: a client of thousands of concurrent rollouts
+    needs a socket each, and a too-small pool would queue requests and cap concurrency silently.
+    """
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if soft != resource.RLIM_INFINITY and soft < wanted:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    except (ImportError, ValueError, OSError):  # no resource module (Windows) or not allowed: assume the usual
+        soft = 1024
+    return max(64, min(cap, soft // 2))
+
+
 @functools.lru_cache(maxsize=4096)
 def _url(url: str) -> httpx.URL:
     # Parsing a URL costs more than building the rest of the response object; a process calls few distinct URLs.
@@ -82,14 +101,13 @@ class ServiceClient:
         registry_url: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_tries: int = MAX_TRIES,
-        max_connections: int = 8192,
-        max_connections_per_host: int = 1024,
+        max_connections: int | None = None,
     ) -> None:
         self.registry_url = (registry_url or os.environ.get(REGISTRY_URL_ENV) or DEFAULT_REGISTRY_URL).rstrip("/")
         self.timeout = timeout
         self.max_tries = max_tries
-        self.max_connections = max_connections
-        self.max_connections_per_host = max_connections_per_host
+        # One pool for every host; no per-host cap, since a client must not throttle a batching policy server.
+        self.max_connections = max_connections or connection_budget()
         self._session: aiohttp.ClientSession | None = None
         self._urls: dict[str, str] = {}
         self._lookups: dict[str, asyncio.Future[str]] = {}
@@ -99,8 +117,7 @@ class ServiceClient:
         """The aiohttp session, opened on first use inside the running loop."""
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self.max_connections, limit_per_host=self.max_connections_per_host,
-                keepalive_timeout=KEEPALIVE_SECONDS,
+                limit=self.max_connections, limit_per_host=0, keepalive_timeout=KEEPALIVE_SECONDS,
             )
             # Bodies stay as sent so httpx.Response decodes them once, from its own headers.
             self._session = aiohttp.ClientSession(

@@ -179,6 +179,21 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _SessionSigner(itsdangerous.Signer):
+    """itsdangerous's signer with the derived key computed once (it re-derives it on every call otherwise)."""
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        """The HMAC key for `secret_key` (default: the current secret), cached."""
+        cache: dict[Any, bytes] = self.__dict__.setdefault("_derived", {})
+        if secret_key not in cache:
+            cache[secret_key] = super().derive_key(secret_key)
+        return cache[secret_key]
+
+
+# Session ids become header and cookie values: keep them to a charset that cannot smuggle cookie attributes.
+_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+
+
 class EdgeMiddleware:
     """Pure-ASGI edge: body-size limit (413), session id in and out, and 500 bodies for unhandled bugs."""
 
@@ -186,7 +201,7 @@ class EdgeMiddleware:
         self.app = app
         self.name = server_name
         self.max_bytes = max_request_bytes
-        self.signer = itsdangerous.Signer(secret, salt="gym-session")
+        self.signer = _SessionSigner(secret, salt="gym-session")
         self.cookie = "gym_session_" + re.sub(r"[^A-Za-z0-9_]", "_", server_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -199,6 +214,10 @@ class EdgeMiddleware:
             await self._send_error(send, 413, self._too_large_message(), None)
             return
         session_id, cookie_ok = self._session_of(headers)
+        if not _SESSION_ID.fullmatch(session_id):
+            message = f"{SESSION_HEADER} must be 1-200 characters of A-Z a-z 0-9 . _ : - (a uuid hex is typical)"
+            await self._send_error(send, 400, message, None)
+            return
         scope.setdefault("state", {})["session_id"] = session_id
         started = False
 

@@ -18,6 +18,7 @@ from gym_core.client import (
     ServerUnreachable,
     ServiceClient,
     close_client,
+    connection_budget,
     get_client,
 )
 from gym_core.server import bind_socket, serve_in_background
@@ -226,6 +227,20 @@ async def test_moved_server_is_looked_up_again(target) -> None:
             assert lookups == ["weather", "weather"] and hits["echo"] == 1
         finally:
             await service.aclose()
+
+
+async def test_concurrent_calls_are_not_queued_behind_a_small_pool(target, client: ServiceClient) -> None:
+    url, hits = target
+    started = time.perf_counter()
+    replies = await asyncio.gather(*(client.get(url, "/sleep/0.5") for _ in range(300)))
+    assert {r.status_code for r in replies} == {200} and hits["sleep"] == 300
+    assert time.perf_counter() - started < 4.0  # a pool of 100 would need three rounds of 0.5 s plus queueing
+
+
+def test_connection_budget_is_bounded() -> None:
+    assert 64 <= connection_budget() <= 8192
+    assert connection_budget(cap=100) <= 100
+    assert ServiceClient(max_connections=10).max_connections == 10
 
 
 async def test_get_client_is_one_per_loop() -> None:

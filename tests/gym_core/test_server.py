@@ -160,6 +160,13 @@ async def test_tampered_cookie_gets_a_fresh_session(server) -> None:
     assert response.json()["session_id"] != "chosen-id"
 
 
+async def test_session_header_with_cookie_syntax_is_rejected(server) -> None:
+    _, http = server
+    response = await http.post("/session", headers={SESSION_HEADER: "abc; Domain=evil.example"})
+    assert response.status_code == 400
+    assert SESSION_HEADER in response.json()["error"]["message"] and "set-cookie" not in response.headers
+
+
 async def test_session_id_of_without_the_middleware() -> None:
     app = FastAPI()
 
