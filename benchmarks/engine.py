@@ -257,10 +257,14 @@ sampling, per-row generators) is under 0.5 ms of a ~5.5 ms step at batch 32, so 
 model's forward, which is only somewhat leaner than transformers' (no `DynamicCache`, no padding masks, no
 logits processors). A profile of one batch-32 decode forward puts the time in `mm` (~0.8 ms), the decode-time
 depthwise `conv1d` (~0.25 ms per Mamba layer for one column), gathers/`index_copy_` of the slots' states
-(~0.8 ms) and elementwise ops. Reaching 5x needs the usual gpt-fast lever, compiling the decode step
-(`torch.compile`, CUDA graphs on GPU), which in turn needs a sync-free decode path in `model/` (today
-attention reads `int(lengths.max())` and MoE routing calls `.tolist()`, so `torch.compile` recompiles every
-step); and a decode conv written as a weighted sum over the 4-column window instead of `conv1d`.
+(~0.8 ms) and elementwise ops. The gpt-fast lever is compiling the decode step; it needs a sync-free decode
+path in `model/` (today attention reads `int(lengths.max())` and MoE routing calls `.tolist()`, so
+`torch.compile` recompiles every step). A scratch experiment that patched both (static-length masked
+attention, dense expert mixing) and compiled with inductor on CPU brought a batch-32 forward from ~8.5 ms
+to ~5.2 ms at best: not 5x. On CPU at this size 5x over transformers is out of the engine's reach; the
+target is realistic on GPU, where CUDA graphs remove the per-op launch cost that dominates here (not
+measured: no GPU was available). Cheap wins left in `model/`: a decode conv written as a weighted sum over
+the 4-column window instead of `conv1d`, and no gather/scatter of the state when the slots are contiguous.
 """
 
 
