@@ -262,7 +262,7 @@ path in `model/` (today attention reads `int(lengths.max())` and MoE routing cal
 `torch.compile` recompiles every step). A scratch experiment that patched both (static-length masked
 attention, dense expert mixing) and compiled with inductor on CPU brought a batch-32 forward from ~8.5 ms
 to ~5.2 ms at best: not 5x. On CPU at this size 5x over transformers is out of the engine's reach; the
-target is realistic on GPU, where CUDA graphs remove the per-op launch cost that dominates here (not
+target is more plausible on GPU, where CUDA graphs remove the per-op launch cost that dominates here (not
 measured: no GPU was available). Cheap wins left in `model/`: a decode conv written as a weighted sum over
 the 4-column window instead of `conv1d`, and no gather/scatter of the state when the slots are contiguous.
 """
