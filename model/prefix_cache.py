@@ -55,7 +55,7 @@ class PrefixCache:
         """Store a snapshot of a sequence that holds exactly `tokens`; evict the least recently used."""
         key = tuple(tokens)
         snap = Snapshot(key, state, next_logits, state_nbytes(state) + state_nbytes(next_logits))
-        if snap.nbytes > self.max_bytes or self.max_entries == 0:
+        if not key or snap.nbytes > self.max_bytes or self.max_entries == 0:
             return
         if key in self._entries:
             self.nbytes -= self._entries.pop(key).nbytes
@@ -68,8 +68,10 @@ class PrefixCache:
         """The longest stored sequence that is a prefix of `prompt` (or equal to it), marked recently used."""
         best = None
         for key, snap in self._entries.items():
-            longer = best is None or len(key) > len(best.tokens)
-            if longer and len(key) <= len(prompt) and tuple(prompt[: len(key)]) == key:
+            n = len(key)
+            longer = best is None or n > len(best.tokens)
+            # The last-token test rejects most keys before the O(n) comparison.
+            if longer and n <= len(prompt) and prompt[n - 1] == key[-1] and tuple(prompt[:n]) == key:
                 best = snap
         if best is not None:
             self._entries.move_to_end(best.tokens)
