@@ -19,6 +19,7 @@ from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse
 ENGINES: dict[str, str] = {
     "scripted": "servers.policy.engines.scripted:ScriptedEngine",
     "openai": "servers.policy.engines.openai:OpenAIEngine",
+    "native": "servers.policy.engines.native:NativeEngine",
 }
 
 
