@@ -1,11 +1,12 @@
 """Client transport benchmark: requests/s and p50/p99 latency at 1, 64, 1024 and 4096 concurrent requests.
 
 Runs a loopback echo server (uvicorn + uvloop + httptools, one process, started here on a free port and
-stopped at the end) and drives it from this process with each client, in the same run: httpx with its own pool
-(httpx's default 100 connections, and 1024), httpx over the `httpx-aiohttp` transport, our `ServiceClient`
-(aiohttp pool, httpx.Response out) and raw aiohttp as the floor. Each cell is capped in time, so the whole run is bounded.
+stopped at the end) and drives it with each client in the same run: httpx with its own pool (httpx's
+default 100 connections, and 1024), httpx over the `httpx-aiohttp` transport, our `ServiceClient` (aiohttp
+pool, httpx.Response out) and raw aiohttp as the floor. Each (client, concurrency) cell runs in its own
+process, stops measuring after CELL_SECONDS and is killed if it overruns, so the whole run is bounded.
 
-    .venv/bin/python benchmarks/client.py            # full table (a few minutes on 2 cores)
+    .venv/bin/python benchmarks/client.py            # full table (about 5 minutes on 2 cores)
     .venv/bin/python benchmarks/client.py --quick    # smaller counts, for a smoke check
 """
 
@@ -35,14 +36,13 @@ from httpx_aiohttp import AiohttpTransport  # noqa: E402
 from gym_core.client import ServiceClient, connection_budget  # noqa: E402
 from gym_core.server import bind_socket  # noqa: E402
 
-CONCURRENCY = (1, 64, 1024, 4096)
 # A typical small call body (a tool call's arguments plus a session header), echoed back.
 PAYLOAD = {"city": "Paris", "units": "metric", "history": list(range(40))}
 HEADERS = {"X-Session-Id": "0" * 32}
 CELL_SECONDS = 20.0
 
 Post = Callable[[], Awaitable[None]]
-MakeClient = Callable[[], "tuple[Post, Callable[[], Awaitable[None]]]"]
+MakeClient = Callable[[str], Post]
 
 
 async def echo_app(scope: dict, receive: Callable, send: Callable) -> None:
@@ -111,7 +111,7 @@ class Cell:
 
 
 async def run_cell(name: str, post: Post, concurrency: int, total: int) -> Cell:
-    """Send `total` requests with `concurrency` in flight; stop early at CELL_SECONDS."""
+    """Send `total` requests with `concurrency` in flight; stop measuring at CELL_SECONDS."""
     latencies: list[float] = []
     errors = 0
     remaining = total
@@ -131,35 +131,42 @@ async def run_cell(name: str, post: Post, concurrency: int, total: int) -> Cell:
     start, cpu_start = time.perf_counter(), time.process_time()
     _, pending = await asyncio.wait(tasks, timeout=CELL_SECONDS)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    # Cut tasks are not cancelled: cancelling thousands of requests queued in httpx's pool takes minutes,
+    # and the cell's process exits right after reporting.
     return Cell(name, concurrency, len(latencies), errors, seconds, cpu_seconds, latencies, cut=bool(pending))
 
 
-def service_post(service: ServiceClient, url: str) -> Post:
+def service_client(url: str) -> Post:
+    client = ServiceClient()
+
     async def post() -> None:
-        response = await service.post(url, "/echo", PAYLOAD, headers=HEADERS)
+        response = await client.post(url, "/echo", PAYLOAD, headers=HEADERS)
         response.raise_for_status()
 
     return post
 
 
-def httpx_post(client: httpx.AsyncClient, url: str) -> Post:
-    body = orjson.dumps(PAYLOAD)
+def plain_httpx(transport: Callable[[], httpx.AsyncBaseTransport] | None = None, pool: int = 100) -> MakeClient:
+    def make(url: str) -> Post:
+        limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+        client = httpx.AsyncClient(transport=transport() if transport else None, limits=limits, timeout=60)
+        body, headers = orjson.dumps(PAYLOAD), {"content-type": "application/json", **HEADERS}
+
+        async def post() -> None:
+            response = await client.post(url + "/echo", content=body, headers=headers)
+            response.raise_for_status()
+
+        return post
+
+    return make
+
+
+def raw_aiohttp(url: str) -> Post:
+    connector = aiohttp.TCPConnector(limit=connection_budget(), limit_per_host=0)
+    session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+    body, headers = orjson.dumps(PAYLOAD), {"content-type": "application/json", **HEADERS}
 
     async def post() -> None:
-        response = await client.post(url + "/echo", content=body, headers={"content-type": "application/json", **HEADERS})
-        response.raise_for_status()
-
-    return post
-
-
-def aiohttp_post(session: aiohttp.ClientSession, url: str) -> Post:
-    body = orjson.dumps(PAYLOAD)
-
-    async def post() -> None:
-        headers = {"content-type": "application/json", **HEADERS}
         async with session.post(url + "/echo", data=body, headers=headers) as response:
             response.raise_for_status()
             await response.read()
@@ -167,53 +174,54 @@ def aiohttp_post(session: aiohttp.ClientSession, url: str) -> Post:
     return post
 
 
-async def bench_level(name: str, make: MakeClient, concurrency: int, total: int) -> Cell:
-    """One client at one concurrency: a fresh client (cold pool), warmed with a few calls, then measured."""
-    post, close = make()
+_BIG = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
+CLIENTS: dict[str, MakeClient] = {
+    "httpx, default transport (pool 100 = httpx default)": plain_httpx(),
+    "httpx, default transport (pool 1024)": plain_httpx(pool=1024),
+    "httpx over httpx-aiohttp AiohttpTransport (pool 1024)": plain_httpx(lambda: AiohttpTransport(limits=_BIG)),
+    "ServiceClient (aiohttp pool, httpx.Response out)": service_client,
+    "raw aiohttp (reference, same pool size as ServiceClient)": raw_aiohttp,
+}
+
+
+async def one_cell(client: int, concurrency: int, total: int, url: str) -> None:
+    """Cell process: a fresh client (cold pool), warmed with a few calls, then measured; prints its row."""
+    name, make = list(CLIENTS.items())[client]
+    post = make(url)
+    await run_cell(name, post, min(concurrency, 64), min(total, 256))
+    for task in asyncio.all_tasks() - {asyncio.current_task()}:
+        task.cancel()  # at most 64 warm-up calls left: cheap to cancel, and they must not run into the cell
+    await asyncio.sleep(0.1)
+    print((await run_cell(name, post, concurrency, total)).row(), flush=True)
+
+
+def run_cell_process(client: int, concurrency: int, total: int, url: str) -> str:
+    """One cell in its own process, killed if it overruns: no cell can stall the run or leak into the next."""
+    command = [sys.executable, __file__, "--cell", str(client), str(concurrency), str(total), url]
+    limit = 2 * CELL_SECONDS + 30
+    name = list(CLIENTS)[client]
     try:
-        await run_cell(name, post, min(concurrency, 64), min(total, 256))
-        return await run_cell(name, post, concurrency, total)
-    finally:
-        await close()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        return f"| {concurrency} | {name} | - | did not finish in {limit:.0f} s | - | - | - | - |"
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        return f"| {concurrency} | {name} | - | failed: {done.stderr.strip()[-200:]} | - | - | - | - |"
+    return lines[-1]
 
 
-async def main(quick: bool) -> None:
+def main(quick: bool) -> None:
+    """Start the server, run every cell, print the markdown table, stop the server."""
     child, url = start_server()
     counts = {1: 500, 64: 2000, 1024: 4096, 4096: 8192} if quick else {1: 2000, 64: 10000, 1024: 16384, 4096: 32768}
-
-    def service() -> tuple[Post, Callable[[], Awaitable[None]]]:
-        client = ServiceClient()
-        return service_post(client, url), client.aclose
-
-    def plain_httpx(transport: httpx.AsyncBaseTransport | None = None, pool: int = 100) -> MakeClient:
-        def make() -> tuple[Post, Callable[[], Awaitable[None]]]:
-            limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
-            client = httpx.AsyncClient(transport=transport() if transport else None, limits=limits, timeout=60)
-            return httpx_post(client, url), client.aclose
-
-        return make
-
-    def raw_aiohttp() -> tuple[Post, Callable[[], Awaitable[None]]]:
-        connector = aiohttp.TCPConnector(limit=connection_budget(), limit_per_host=0)
-        session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-        return aiohttp_post(session, url), session.close
-
-    big = httpx.Limits(max_connections=1024, max_keepalive_connections=1024)
-    clients: dict[str, MakeClient] = {
-        "httpx, default transport (pool 100 = httpx default)": plain_httpx(),
-        "httpx, default transport (pool 1024)": plain_httpx(pool=1024),
-        "httpx over httpx-aiohttp AiohttpTransport (pool 1024)": plain_httpx(lambda: AiohttpTransport(limits=big)),
-        "ServiceClient (aiohttp pool, httpx.Response out)": service,
-        "raw aiohttp (reference, same pool as ServiceClient)": raw_aiohttp,
-    }
     print(machine())
     print("| concurrent | client | requests done | req/s | p50 ms | p99 ms | client CPU µs/req | errors |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|")
     try:
         # Levels outer, clients inner: on a shared machine, load drifts over minutes, not within one level.
         for concurrency, total in counts.items():
-            for name, make in clients.items():
-                print((await bench_level(name, make, concurrency, total)).row(), flush=True)
+            for client in range(len(CLIENTS)):
+                print(run_cell_process(client, concurrency, total, url), flush=True)
     finally:
         child.terminate()
         try:
@@ -234,8 +242,13 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller request counts")
     parser.add_argument("--serve-fd", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cell", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fd is not None:
         serve(args.serve_fd)
+    elif args.cell:
+        client_index, concurrency, total, url = args.cell
+        uvloop.run(one_cell(int(client_index), int(concurrency), int(total), url))
+        os._exit(0)  # skip tearing down what a cut cell left in flight
     else:
-        uvloop.run(main(args.quick))
+        main(args.quick)
