@@ -58,6 +58,7 @@ class NativeConfig(EngineConfig):
     max_batch: int = Field(8, ge=1)  # sequences generated together
     max_len: int = Field(4096, ge=2)  # prompt + generation tokens per sequence
     prefill_chunk: int = Field(512, ge=1)  # prompt tokens per engine step
+    max_tokens: int | None = Field(None, ge=1)  # generation cap for requests that set none; None: up to max_len
     prefix_cache_entries: int = Field(64, ge=0)  # finished conversations kept for multi-turn reuse
     enable_thinking: bool = True  # default of the template's enable_thinking (a request may override)
     thinking_budget: int | None = Field(None, ge=0)  # default reasoning budget in tokens; None = unlimited
@@ -232,7 +233,8 @@ class NativeEngine(Engine):
         if bad:
             raise EngineError(f"stop_token_ids outside the vocabulary (0..{self._vocab_size - 1}): {bad[:5]}",
                               422, "invalid_request")
-        requested = request.max_completion_tokens or request.max_tokens
+        requested = next((n for n in (request.max_completion_tokens, request.max_tokens, self.config.max_tokens)
+                          if n is not None), None)
         if requested is not None and requested < 1:
             raise EngineError(f"max_tokens must be at least 1, got {requested}", 422, "invalid_request")
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
