@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from gym_core.protocol import ChatCompletionRequest, Response
 from model.tokenizer import ChatTokenizer, parse_generation
+from servers.policy.engines.base import EngineError
 from servers.policy.engines.native import NativeConfig, NativeEngine
 from servers.policy.server import PolicyServer
 
@@ -310,6 +311,7 @@ async def test_config_defaults_thinking_off_budget_max_tokens_and_no_token_ids(t
     ({"messages": [*QUESTION, {"role": "assistant", "tool_calls": [
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]}, "template"),
     ({"messages": QUESTION, "metadata": {"chat_template_kwargs": "not json"}}, "chat_template_kwargs"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "text only"),
 ])
 def test_invalid_requests_are_4xx_json_errors(server, body, says):
     reply = server.post("/v1/chat/completions", json=body)
@@ -329,6 +331,9 @@ def test_shutdown_stops_the_generation_thread():
         thread = policy.engine._runner._thread
         assert thread.is_alive()
     assert policy.engine._runner is None and not thread.is_alive()
+    with pytest.raises(EngineError, match="not started") as stopped:
+        asyncio.run(policy.engine.chat(ChatCompletionRequest(messages=QUESTION)))
+    assert stopped.value.status == 503
 
 
 def test_importing_the_policy_server_and_engine_does_not_import_torch():

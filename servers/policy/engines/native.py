@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 TOKEN_FIELDS = frozenset({"prompt_token_ids", "generation_token_ids", "generation_log_probs"})
 THINK_START, THINK_END = "<think>", "</think>"
+_TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 # Template variables the engine sets itself; a request's chat_template_kwargs cannot replace them.
 _RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
 
@@ -150,17 +151,20 @@ class NativeEngine(Engine):
         if self._runner is None:
             raise EngineError("the native engine is not started (or already stopped)", 503, "unavailable")
         extras = _native_params(request)
-        prompt = self.build_prompt(request, extras)
+        # Rendering a long conversation takes milliseconds of pure Python: keep it off the event loop.
+        prompt = await asyncio.to_thread(self.build_prompt, request, extras)
         room = self.config.max_len - len(prompt.ids)
+        params = self.sampling_params(request, extras, max(room, 1))
         if room <= 0:
             # The conversation outgrew max_len: the episode ends here (as an upstream's context overflow does).
             return self._completion(request, prompt, [], [], "", "length", cached=0, reasoning_tokens=None)
-        params = self.sampling_params(request, extras, room)
         try:
             result = await self._runner.submit(GenerationRequest(prompt.ids, params))
         except ValueError as exc:
             raise EngineError(f"invalid request: {exc}", 422, "invalid_request") from None
         except Exception as exc:  # noqa: BLE001 -- a failed engine step or a stopped engine, not the caller's fault
+            if self._runner is None:
+                raise EngineError("the native engine stopped while generating", 503, "unavailable") from None
             raise EngineError(f"generation failed: {type(exc).__name__}: {exc}", 500, "engine_error") from None
         return self._completion(request, prompt, result.token_ids, result.logprobs, result.text or "",
                                 result.finish_reason, cached=result.cached_tokens,
@@ -328,6 +332,11 @@ def _rendered_tools(request: ChatCompletionRequest) -> list[dict[str, Any]] | No
 
 def _template_message(message: ChatMessage) -> dict[str, Any]:
     """A message as the template reads it, without the (possibly long) token fields."""
+    if isinstance(message.content, list):
+        other = sorted({part.type for part in message.content} - _TEXT_PARTS)
+        if other:
+            raise EngineError(f"a {message.role} message has {', '.join(other)} content; this model reads text only",
+                              422, "invalid_request")
     return message.model_dump(exclude_none=True, exclude=TOKEN_FIELDS)
 
 
