@@ -123,6 +123,7 @@ def test_thinking_off_from_the_request_or_the_responses_metadata(server, tok):
     prompt = body["choices"][0]["message"]["prompt_token_ids"]
     assert tok.decode(prompt).endswith("<|im_start|>assistant\n<think></think>")
     assert "completion_tokens_details" not in body["usage"]  # no reasoning was opened
+    assert chat(server, QUESTION, max_tokens=4, thinking_budget=0)["usage"]["completion_tokens"] <= 4
     reply = server.post("/v1/responses", json={
         "input": "hi", "max_output_tokens": 4, "metadata": {"chat_template_kwargs": '{"enable_thinking": false}'}})
     assert reply.status_code == 200, reply.text
@@ -258,6 +259,28 @@ async def test_tool_calls_become_openai_tool_calls_with_json_arguments(tok):
     engine._runner.text = f"</think>{CALL}\n{CALL}"
     calls = (await engine.chat(request)).choices[0].message.tool_calls
     assert len(calls) == 2 and calls[0].id != calls[1].id
+
+
+def test_a_tool_call_episode_over_the_responses_route_extends_the_ids(tok):
+    """The agent's view: reasoning + function_call items (ids on the last), the tool output appended, and the
+    next prompt is the previous ids plus the tool response's tokens."""
+    policy = PolicyServer("policy", POLICY)
+    policy.engine = scripted_engine(tok, f"Paris, so look it up.\n</think>\n{CALL}")
+    with TestClient(policy.build_app()) as client:
+        params = {"input": QUESTION, "tools": [RESPONSES_TOOL]}
+        first = client.post("/v1/responses", json=params).json()
+        reasoning, call = first["output"]
+        assert reasoning["type"] == "reasoning" and "generation_token_ids" not in reasoning
+        assert call["type"] == "function_call" and call["arguments"] == '{"city": "Paris"}'
+        assert call["generation_token_ids"][-1] == tok.im_end_id
+        output = {"type": "function_call_output", "call_id": call["call_id"], "output": '{"temperature_c": 18}'}
+        policy.engine._runner.text = "</think>It is 18 °C in Paris."
+        second = client.post("/v1/responses", json={**params, "input": [*QUESTION, *first["output"], output]}).json()
+    [answer] = second["output"]
+    assert answer["content"][0]["text"] == "It is 18 °C in Paris."
+    glue = tok.encode("\n<|im_start|>user\n<tool_response>\n{\"temperature_c\": 18}\n</tool_response>\n"
+                      "<|im_end|>\n<|im_start|>assistant\n<think>\n")
+    assert answer["prompt_token_ids"] == call["prompt_token_ids"] + call["generation_token_ids"] + glue
 
 
 async def test_unparseable_or_unoffered_tool_calls_stay_text(tok):
