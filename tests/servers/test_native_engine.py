@@ -123,7 +123,17 @@ def test_thinking_off_from_the_request_or_the_responses_metadata(server, tok):
     prompt = body["choices"][0]["message"]["prompt_token_ids"]
     assert tok.decode(prompt).endswith("<|im_start|>assistant\n<think></think>")
     assert "completion_tokens_details" not in body["usage"]  # no reasoning was opened
-    assert chat(server, QUESTION, max_tokens=4, thinking_budget=0)["usage"]["completion_tokens"] <= 4
+
+
+
+def test_thinking_budget_forces_the_end_of_reasoning(server, tok):
+    """Budget 0 and grace 0: the engine writes newline + </think> first, whatever the model prefers."""
+    newline = tok.encode("\n")[-1]
+    for extra in ({"thinking_budget": 0, "thinking_grace": 0},
+                  {"vllm_xargs": {"thinking_budget": 0, "thinking_budget_grace_period": 0}}):
+        body = chat(server, QUESTION, max_tokens=4, seed=0, ignore_eos=True, **extra)
+        assert body["choices"][0]["message"]["generation_token_ids"][:2] == [newline, tok.think_end_id]
+        assert body["usage"]["completion_tokens_details"]["reasoning_tokens"] == 1
     reply = server.post("/v1/responses", json={
         "input": "hi", "max_output_tokens": 4, "metadata": {"chat_template_kwargs": '{"enable_thinking": false}'}})
     assert reply.status_code == 200, reply.text
@@ -307,13 +317,13 @@ async def test_context_overflow_ends_the_episode_with_length(tok):
 
 
 async def test_config_defaults_thinking_off_budget_max_tokens_and_no_token_ids(tok):
-    engine = scripted_engine(tok, "answer", enable_thinking=False, thinking_budget=50, max_tokens=7,
-                             return_token_ids=False)
+    engine = scripted_engine(tok, "answer", enable_thinking=False, thinking_budget=50, thinking_grace=9,
+                             max_tokens=7, return_token_ids=False)
     message = (await engine.chat(ChatCompletionRequest(messages=QUESTION))).choices[0].message
     assert message.content == "answer" and not message.has_tokens
     [sent] = engine._runner.requests
     assert tok.decode(sent.prompt_token_ids).endswith("<think></think>")
-    assert (sent.params.max_tokens, sent.params.thinking_budget) == (7, 50)
+    assert (sent.params.max_tokens, sent.params.thinking_budget, sent.params.thinking_grace) == (7, 50, 9)
     assert set(tok.eos_ids) <= set(sent.params.stop_token_ids)
 
 

@@ -9,8 +9,9 @@ read and wrote, and the log-prob of each written id.
 
 Token fidelity across turns: when an assistant message in the request carries those fields back, the prompt
 is that turn's `prompt_token_ids + generation_token_ids` followed by the tokens of only what came after it
-(tool results, a new user turn, the generation prompt). History is never re-tokenized, so the trainer's
-ids are the ids the model saw, and the engine's prefix cache resumes the conversation instead of prefilling
+(tool results, a new user turn, the generation prompt). Messages before that turn are taken to be the ones
+its ids were made from (clients send the fields back unchanged, as NeMo Gym's contract requires); their
+text is not read again. History is never re-tokenized, so the trainer's ids are the ids the model saw, and the engine's prefix cache resumes the conversation instead of prefilling
 it again (`usage.prompt_tokens_details.cached_tokens`). The text of what came after is the template's
 rendering of the whole conversation minus its rendering of the conversation up to that assistant turn;
 when the two renderings disagree (a template that rewrites history), the whole prompt is re-tokenized and a
@@ -63,8 +64,17 @@ class NativeConfig(EngineConfig):
     prefix_cache_entries: int = Field(64, ge=0)  # finished conversations kept for multi-turn reuse
     enable_thinking: bool = True  # default of the template's enable_thinking (a request may override)
     thinking_budget: int | None = Field(None, ge=0)  # default reasoning budget in tokens; None = unlimited
+    thinking_grace: int = Field(500, ge=0)  # past the budget, tokens to wait for a newline before forcing </think>
     return_token_ids: bool = True  # put the token fields on every generation (training)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
+
+
+class VllmXargs(BaseModel):
+    """NVIDIA's per-request thinking-budget keys for Nemotron 3 on vLLM (`vllm_xargs`)."""
+
+    model_config = ConfigDict(extra="ignore")
+    thinking_budget: int | None = Field(None, ge=0)
+    thinking_budget_grace_period: int | None = Field(None, ge=0)
 
 
 class NativeParams(BaseModel):
@@ -75,6 +85,8 @@ class NativeParams(BaseModel):
     stop_token_ids: list[int] = Field(default_factory=list)  # in addition to the tokenizer's end-of-turn ids
     ignore_eos: bool = False
     thinking_budget: int | None = Field(None, ge=0)
+    thinking_grace: int | None = Field(None, ge=0)
+    vllm_xargs: VllmXargs = Field(default_factory=VllmXargs)
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] | None = None  # NeMo Gym passes chat_template_kwargs here as a JSON string
 
@@ -237,13 +249,14 @@ class NativeEngine(Engine):
         if bad:
             raise EngineError(f"stop_token_ids outside the vocabulary (0..{self._vocab_size - 1}): {bad[:5]}",
                               422, "invalid_request")
-        requested = next((n for n in (request.max_completion_tokens, request.max_tokens, self.config.max_tokens)
-                          if n is not None), None)
+        requested = _first(request.max_completion_tokens, request.max_tokens, self.config.max_tokens)
         if requested is not None and requested < 1:
             raise EngineError(f"max_tokens must be at least 1, got {requested}", 422, "invalid_request")
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
         eos = () if extras.ignore_eos else tuple(self.tokenizer.eos_ids)
-        budget = extras.thinking_budget if extras.thinking_budget is not None else self.config.thinking_budget
+        budget = _first(extras.thinking_budget, extras.vllm_xargs.thinking_budget, self.config.thinking_budget)
+        grace = _first(extras.thinking_grace, extras.vllm_xargs.thinking_budget_grace_period,
+                       self.config.thinking_grace)
         try:
             return SamplingParams(
                 temperature=1.0 if request.temperature is None else request.temperature,
@@ -254,6 +267,7 @@ class NativeEngine(Engine):
                 stop_token_ids=tuple(dict.fromkeys([*eos, *extras.stop_token_ids])),
                 stop=tuple(s for s in stop if s),
                 thinking_budget=budget,
+                thinking_grace=grace,
             )
         except ValueError as exc:
             raise EngineError(f"{exc}: temperature must be >= 0 and top_p in (0, 1]", 422,
@@ -314,6 +328,11 @@ def _native_params(request: ChatCompletionRequest) -> NativeParams:
     if isinstance(from_metadata, dict):
         extras.chat_template_kwargs = {**from_metadata, **extras.chat_template_kwargs}
     return extras
+
+
+def _first(*values: Any) -> Any:
+    """The first value that is not None (0 counts)."""
+    return next((v for v in values if v is not None), None)
 
 
 def _template_kwargs(extras: NativeParams, enable_thinking: bool) -> dict[str, Any]:
