@@ -67,7 +67,15 @@ def generated_text(tok: ChatTokenizer, ids: list[int]) -> str:
 # ------------------------------------------------------------------------------------------- one turn
 
 
-def test_completion_shape_and_token_fields_are_what_the_model_saw_and_wrote(server, tok):
+def test_completion_shape_and_token_fields_are_what_the_model_saw_and_wrote(server, tok, monkeypatch):
+    runner, results = server.policy.engine._runner, []
+    submit = runner.submit
+
+    async def recording_submit(request):
+        results.append(await submit(request))
+        return results[-1]
+
+    monkeypatch.setattr(runner, "submit", recording_submit)
     body = chat(server, QUESTION, tools=[CHAT_TOOL], max_tokens=24, seed=3)
     assert body["object"] == "chat.completion" and body["model"] == "builtin:tiny"
     [choice] = body["choices"]
@@ -80,8 +88,11 @@ def test_completion_shape_and_token_fields_are_what_the_model_saw_and_wrote(serv
     rendered = tok.apply_chat_template(QUESTION, [CHAT_TOOL])
     assert tok.decode(prompt) == rendered and prompt == tok.encode(rendered)
     assert rendered.endswith("<|im_start|>assistant\n<think>\n")
-    # The message is the parse of exactly the generated ids.
-    parsed = parse_generation(generated_text(tok, ids), thinking=True, tools=[CHAT_TOOL])
+    # The ids are the engine's, and the message is the parse of exactly the text they decode to.
+    [result] = results
+    assert (ids, logprobs, prompt) == (result.token_ids, result.logprobs, result.prompt_token_ids)
+    assert generated_text(tok, ids) == result.text
+    parsed = parse_generation(result.text, thinking=True, tools=[CHAT_TOOL])
     assert message.get("reasoning_content") == parsed.reasoning
     assert (message["content"] or "") == parsed.content
     usage = body["usage"]
