@@ -154,20 +154,35 @@ def _routes_hint(request: Request) -> str:
 
 def describe_validation_error(exc: RequestValidationError | ValidationError) -> str:
     """A readable one-line summary naming each bad field, without echoing the input."""
-    by_field: dict[str, list[str]] = {}
+    by_field: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors():
-        # Union branches add loc parts such as "str" or "list[tagged-union[...]]"; the field path is the rest.
-        parts = [str(p) for p in err.get("loc", ()) if not _is_union_branch(p)]
-        messages = by_field.setdefault(".".join(parts) or "body", [])
-        if err.get("msg", "invalid") not in messages:
-            messages.append(err.get("msg", "invalid"))
-    fields = [f"{loc}: {' or '.join(msgs)}" for loc, msgs in by_field.items()]
+        if err.get("type") == "json_invalid":
+            return f"invalid request: the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
+        message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        messages = by_field.setdefault(_field_path(err.get("loc", ())), [])
+        if message not in messages:
+            messages.append(message)
+    # A union reports every branch; where one branch got deeper, its errors are the ones that say what is wrong.
+    paths = [p for p in by_field if not any(q[: len(p)] == p and len(q) > len(p) for q in by_field)]
+    fields = [f"{'.'.join(map(str, p)) or 'body'}: {' or '.join(by_field[p])}" for p in paths]
     more = f" (and {len(fields) - 8} more)" if len(fields) > 8 else ""
     return "invalid request: " + "; ".join(fields[:8]) + more
 
 
-def _is_union_branch(part: Any) -> bool:
-    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "dict", "list", "none"))
+# Branch names pydantic adds to error locations: scalar type names, and our item/tool union tags after an index.
+_TYPE_BRANCHES = {"str", "int", "float", "bool", "dict", "list", "none"}
+_UNION_TAGS = {"message", "function_call", "function_call_output", "reasoning", "other", "function"}
+
+
+def _field_path(loc: Any) -> tuple[Any, ...]:
+    path: list[Any] = []
+    for part in loc:
+        if isinstance(part, str) and ("[" in part or part in _TYPE_BRANCHES):
+            continue
+        if isinstance(part, str) and part in _UNION_TAGS and path and isinstance(path[-1], int):
+            continue
+        path.append(part)
+    return tuple(path)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -84,8 +84,10 @@ async def test_invalid_input_is_422_naming_the_field(server) -> None:
     assert error["type"] == "invalid_request"
     assert "responses_create_params.input" in error["message"]
     assert "s3cr3t" not in response.text and "tagged-union" not in response.text
+    response = await http.post("/row", json={"responses_create_params": {"input": [{"role": "user"}]}})
+    assert response.json()["error"]["message"] == "invalid request: body.responses_create_params.input.0.content: Field required"
     response = await http.post("/row", content=b"{not json", headers={"content-type": "application/json"})
-    assert response.status_code == 422 and "error" in response.json()
+    assert response.status_code == 422 and "not valid JSON" in response.json()["error"]["message"]
 
 
 async def test_valid_row_reaches_the_route(server) -> None:
