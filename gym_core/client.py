@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 from typing import Any
 
@@ -20,6 +21,8 @@ import aiohttp
 import httpx
 
 from gym_core.protocol import dumps, loads
+
+log = logging.getLogger(__name__)
 
 REGISTRY_URL_ENV = "GYM_REGISTRY_URL"
 DEFAULT_REGISTRY_URL = "http://127.0.0.1:11000"
@@ -173,6 +176,8 @@ class ServiceClient:
                 if not _is_connect_failure(exc):
                     raise _as_httpx_error(exc, httpx.Request(method, _url(url))) from exc
                 if attempt < self.max_tries:
+                    log.info("connecting to %s (server %r) failed: %s; try %d of %d", url, server, exc,
+                             attempt + 1, self.max_tries)
                     await self._backoff(server, attempt)
                     continue
                 raise ServerUnreachable(

@@ -32,9 +32,9 @@ SESSION_HEADER = "X-Session-Id"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 
 Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+ASGIMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[ASGIMessage]]
+Send = Callable[[ASGIMessage], Awaitable[None]]
 
 _ERROR_TYPES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -236,7 +236,7 @@ class EdgeMiddleware:
         scope.setdefault("state", {})["session_id"] = session_id
         started = False
 
-        async def send_with_session(message: Message) -> None:
+        async def send_with_session(message: ASGIMessage) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -260,7 +260,7 @@ class EdgeMiddleware:
     def _limited(self, receive: Receive) -> Receive:
         received = 0
 
-        async def receive_limited() -> Message:
+        async def receive_limited() -> ASGIMessage:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
