@@ -91,7 +91,10 @@ class GymServer:
     def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
         self.name = name
         raw = config.model_dump() if isinstance(config, BaseModel) else (config or {})
-        self.config = self.config_model.model_validate(raw)
+        try:
+            self.config = self.config_model.model_validate(raw)
+        except ValidationError as exc:
+            raise ValueError(f"invalid config for server {name!r}: {describe_validation_error(exc)}") from None
 
     def add_routes(self, app: FastAPI) -> None:
         """Register the server's own routes; the base has none beyond health."""
@@ -153,11 +156,11 @@ def _routes_hint(request: Request) -> str:
 
 
 def describe_validation_error(exc: RequestValidationError | ValidationError) -> str:
-    """A readable one-line summary naming each bad field, without echoing the input."""
+    """A one-line summary naming each bad field ("a.b: Field required; ..."), without echoing the input."""
     by_field: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors():
         if err.get("type") == "json_invalid":
-            return f"invalid request: the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
+            return f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         messages = by_field.setdefault(_field_path(err.get("loc", ())), [])
         if message not in messages:
@@ -166,7 +169,7 @@ def describe_validation_error(exc: RequestValidationError | ValidationError) -> 
     paths = [p for p in by_field if not any(q[: len(p)] == p and len(q) > len(p) for q in by_field)]
     fields = [f"{'.'.join(map(str, p)) or 'body'}: {' or '.join(by_field[p])}" for p in paths]
     more = f" (and {len(fields) - 8} more)" if len(fields) > 8 else ""
-    return "invalid request: " + "; ".join(fields[:8]) + more
+    return "; ".join(fields[:8]) + more
 
 
 # Branch names pydantic adds to error locations: scalar type names, and our item/tool union tags after an index.
@@ -187,7 +190,7 @@ def _field_path(loc: Any) -> tuple[Any, ...]:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, (RequestValidationError, ValidationError))
-    return error_response(422, describe_validation_error(exc))
+    return error_response(422, "invalid request: " + describe_validation_error(exc))
 
 
 class _BodyTooLarge(Exception):
