@@ -18,6 +18,7 @@ from gym_core.protocol import (
     ChatMessage,
     ChatTool,
     ChatToolCall,
+    ChatUsage,
     ContentPart,
     FunctionCall,
     FunctionCallOutput,
@@ -84,18 +85,26 @@ def chat_to_response(chat: ChatCompletionResponse, params: ResponseCreateParams)
         for name in TOKEN_FIELDS:
             setattr(output[-1], name, getattr(msg, name))
     incomplete = choice.finish_reason == "length"
-    usage = chat.usage
     return Response(
         model=chat.model or params.model or "",
         output=output,
         status="incomplete" if incomplete else "completed",
         incomplete_details={"reason": "max_output_tokens"} if incomplete else None,
-        usage=ResponseUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
-                            total_tokens=usage.total_tokens) if usage else None,
+        usage=_response_usage(chat.usage) if chat.usage else None,
         tools=params.tools,
         tool_choice=params.tool_choice or "auto",
         parallel_tool_calls=params.parallel_tool_calls if params.parallel_tool_calls is not None else True,
     )
+
+
+def _response_usage(usage: ChatUsage) -> ResponseUsage:
+    """Chat usage in Responses form; the cached and reasoning counts are 0 when the engine gave none."""
+    details = usage.model_extra or {}
+    cached = (details.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (details.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
+    return ResponseUsage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens,
+                         total_tokens=usage.total_tokens, input_tokens_details={"cached_tokens": cached},
+                         output_tokens_details={"reasoning_tokens": reasoning})
 
 
 def _items_to_messages(items: list[Any]) -> list[ChatMessage]:
