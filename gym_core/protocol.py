@@ -338,6 +338,71 @@ class ChatCompletionResponse(WireModel):
     usage: ChatUsage | None = None
 
 
+# ------------------------------------------------------------------------------ completions and tokenize
+
+
+class CompletionRequest(WireModel):
+    """The legacy completions request subset we serve: one prompt (text or token ids), n=1."""
+
+    prompt: str | list[int]
+    model: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    logprobs: int | None = None  # how many alternatives per token besides the sampled one
+    n: Literal[1] = 1
+    stream: Literal[False] | None = None
+
+
+class CompletionChoice(TokenFields):
+    """One choice of a legacy completion; carries the token fields when training is on."""
+
+    always_dump = ("index", "text", "finish_reason")
+    index: int = 0
+    text: str
+    finish_reason: str | None = "stop"
+    logprobs: dict[str, Any] | None = None  # {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+
+
+class CompletionResponse(WireModel):
+    """A legacy completion (`object: "text_completion"`)."""
+
+    always_dump = ("id", "object", "created", "model", "choices")
+    id: str = Field(default_factory=lambda: f"cmpl-{uuid.uuid4().hex}")
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str = ""
+    choices: list[CompletionChoice]
+    usage: ChatUsage | None = None
+
+
+class TokenizeRequest(WireModel):
+    """vLLM's `/tokenize` body: a conversation rendered with the chat template, or a plain `prompt`."""
+
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    tools: list[ChatTool] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    add_generation_prompt: bool = True
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _messages_or_prompt(self) -> TokenizeRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("send exactly one of `messages` (a conversation) or `prompt` (plain text)")
+        return self
+
+
+class TokenizeResponse(WireModel):
+    """vLLM's `/tokenize` answer."""
+
+    tokens: list[int]
+    count: int
+    max_model_len: int | None = None
+
+
 # ---------------------------------------------------------------------------------------- verify and run
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from gym_core.protocol import ChatCompletionRequest, ResponseCreateParams, loads
+from gym_core.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseCreateParams,
+    TokenizeRequest,
+    WireModel,
+    loads,
+)
 from gym_core.server import (
     GymServer,
     JSONResponse,
@@ -29,7 +37,7 @@ class PolicyConfig(ServerConfig):
 
 
 class PolicyServer(GymServer):
-    """`POST /v1/chat/completions`, `POST /v1/responses`, `GET /v1/models` over one engine.
+    """`POST /v1/chat/completions`, `/v1/responses`, `/v1/completions`, `/tokenize`, `GET /v1/models` over one engine.
 
     The rollout's session (the `X-Session-Id` header, or for NeMo Gym agents the session cookie this server
     set) is handed to the engine, which may use it to keep a rollout on one replica.
@@ -54,18 +62,19 @@ class PolicyServer(GymServer):
         """Register the OpenAI-compatible routes."""
         app.add_api_route("/v1/chat/completions", self._chat_route, methods=["POST"])
         app.add_api_route("/v1/responses", self._responses_route, methods=["POST"])
+        app.add_api_route("/v1/completions", self._completions_route, methods=["POST"])
+        # vLLM serves /tokenize at the root, not under /v1; clients written for it find ours there too.
+        app.add_api_route("/tokenize", self._tokenize_route, methods=["POST"])
         app.add_api_route("/v1/models", self._models_route, methods=["GET"])
 
     async def _chat_route(self, request: Request) -> JSONResponse:
-        try:
-            chat = ChatCompletionRequest.model_validate(loads(await request.body()))
-        except (ValidationError, ValueError) as err:
-            return _invalid(err)
-        try:
-            completion = await self.engine.chat(chat, session_id=session_id_of(request))
-        except EngineError as err:
-            return error_response(err.status, str(err), err.error_type)
-        return JSONResponse(completion)
+        return await _serve(request, ChatCompletionRequest, self.engine.chat)
+
+    async def _completions_route(self, request: Request) -> JSONResponse:
+        return await _serve(request, CompletionRequest, self.engine.complete)
+
+    async def _tokenize_route(self, request: Request) -> JSONResponse:
+        return await _serve(request, TokenizeRequest, self.engine.tokenize)
 
     async def _responses_route(self, request: Request) -> JSONResponse:
         try:
@@ -83,6 +92,20 @@ class PolicyServer(GymServer):
 
     async def _models_route(self) -> dict[str, Any]:
         return {"object": "list", "data": [{"id": self.engine.model_name, "object": "model", "owned_by": "gym"}]}
+
+
+async def _serve(request: Request, schema: type[WireModel],
+                 engine_method: Callable[..., Awaitable[WireModel]]) -> JSONResponse:
+    """Validate the body into `schema`, hand it to the engine, and answer its result or its error."""
+    try:
+        body = schema.model_validate(loads(await request.body()))
+    except (ValidationError, ValueError) as err:
+        return _invalid(err)
+    try:
+        result = await engine_method(body, session_id=session_id_of(request))
+    except EngineError as err:
+        return error_response(err.status, str(err), err.error_type)
+    return JSONResponse(result)
 
 
 def _invalid(err: Exception) -> JSONResponse:

@@ -70,6 +70,20 @@ def test_models_route_and_input_errors(scripted):
     assert reply.status_code == 422 and "only function tools" in reply.json()["error"]["message"]
 
 
+def test_scripted_engine_answers_completions_and_tokenize_with_a_clear_501(scripted):
+    for route, body in (("/v1/completions", {"prompt": "Hello"}), ("/v1/completions", {"prompt": [1, 2]}),
+                        ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]})):
+        reply = scripted.post(route, json=body)
+        assert reply.status_code == 501, route
+        error = reply.json()["error"]
+        assert error["type"] == "not_implemented" and route in error["message"] and "engine: native" in error["message"]
+    # Bodies are validated before the engine is asked.
+    both = scripted.post("/tokenize", json={"prompt": "x", "messages": [{"role": "user", "content": "x"}]})
+    assert both.status_code == 422 and "exactly one of" in both.json()["error"]["message"]
+    assert scripted.post("/v1/completions", json={"prompt": ["a", "b"]}).status_code == 422  # one prompt only
+    assert scripted.post("/v1/completions", json={"prompt": "x", "n": 2}).status_code == 422
+
+
 def test_unknown_engine_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown policy engine 'gpt'; available: scripted, openai"):
         PolicyServer("policy", {"engine": "gpt"})

@@ -3,6 +3,8 @@
 An engine turns a chat-completions request into a completion. It owns everything model-specific (upstream
 URLs, weights, tokenizer); the policy server owns HTTP and the Responses conversion. A new engine (the
 native torch model, vLLM in-process) is a class with `config_model` and `chat`, plus one line in `ENGINES`.
+Engines that own a tokenizer (or front one) also implement `complete` (raw prompt in, text and ids out) and
+`tokenize`; the others answer those routes with a 501 that names the engines that do.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse
+from gym_core.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+)
 
 # engine name -> "module:Class"; imported only when chosen, so torch/vLLM load only for the engines using them.
 ENGINES: dict[str, str] = {
@@ -58,6 +67,18 @@ class Engine(ABC):
     async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
         """One completion for `request`; `session_id` identifies the rollout (for sticky routing or caches)."""
 
+    async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
+        """A legacy completion of a raw prompt (text or token ids), without any chat template."""
+        raise self._unsupported("/v1/completions")
+
+    async def tokenize(self, request: TokenizeRequest, *, session_id: str | None = None) -> TokenizeResponse:
+        """The token ids of a conversation as the chat template renders it, or of a plain prompt."""
+        raise self._unsupported("/tokenize")
+
+    def _unsupported(self, route: str) -> EngineError:
+        return EngineError(f"the {type(self).__name__} engine has no tokenizer, so it does not serve {route}; "
+                           "use engine: native or engine: openai (a vLLM upstream) for it", 501, "not_implemented")
+
 
 def create_engine(name: str, config: dict[str, Any], model_name: str) -> Engine:
     """Instantiate the engine registered as `name` from the policy server's config block."""
@@ -70,3 +91,4 @@ def create_engine(name: str, config: dict[str, Any], model_name: str) -> Engine:
         raise TypeError(f"{target} is not an Engine subclass")
     engine_config = cls.config_model.model_validate(config)
     return cls(engine_config, engine_config.model or model_name)
+
