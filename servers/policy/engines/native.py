@@ -5,7 +5,8 @@ background thread (`model.engine.AsyncEngine`); torch is imported there, so only
 `engine: native` ever loads it. Each chat request is rendered with the checkpoint's chat template,
 generated, and parsed into reasoning, content and tool calls; with `return_token_ids` the assistant message
 carries `prompt_token_ids`, `generation_token_ids` and `generation_log_probs`: exactly the ids the model
-read and wrote, and the log-prob of each written id.
+read and wrote, and the log-prob of each written id. `/v1/completions` continues a raw prompt (text or ids)
+without the template; `/tokenize` answers the ids a conversation's prompt would have.
 
 Token fidelity across turns: when an assistant message in the request carries those fields back, the prompt
 is that turn's `prompt_token_ids + generation_token_ids` followed by the tokens of only what came after it
@@ -21,6 +22,7 @@ warning is logged once.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -36,6 +38,11 @@ from gym_core.protocol import (
     ChatMessage,
     ChatToolCall,
     ChatUsage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    TokenizeRequest,
+    TokenizeResponse,
     loads,
 )
 from gym_core.server import describe_validation_error
@@ -89,6 +96,7 @@ class NativeParams(BaseModel):
     vllm_xargs: VllmXargs = Field(default_factory=VllmXargs)
     chat_template_kwargs: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] | None = None  # NeMo Gym passes chat_template_kwargs here as a JSON string
+    return_tokens_as_token_ids: bool = False  # legacy completions' logprobs tokens as "token_id:N"
 
 
 @dataclass
@@ -158,10 +166,7 @@ class NativeEngine(Engine):
 
     async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
         """Render, generate and parse one completion (with the token fields when `return_token_ids`)."""
-        from model.engine import GenerationRequest
-
-        if self._runner is None:
-            raise EngineError("the native engine is not started (or already stopped)", 503, "unavailable")
+        self._require_started()
         extras = _native_params(request)
         # Rendering a long conversation takes milliseconds of pure Python: keep it off the event loop.
         prompt = await asyncio.to_thread(self.build_prompt, request, extras)
@@ -170,17 +175,87 @@ class NativeEngine(Engine):
         if room <= 0:
             # The conversation outgrew max_len: the episode ends here (as an upstream's context overflow does).
             return self._completion(request, prompt, [], [], "", "length", cached=0, reasoning_tokens=None)
+        result = await self._generate(prompt.ids, params)
+        return self._completion(request, prompt, result.token_ids, result.logprobs, result.text or "",
+                                result.finish_reason, cached=result.cached_tokens,
+                                reasoning_tokens=result.num_reasoning_tokens)
+
+    async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
+        """Continue a raw prompt (text, tokenized as is without a BOS, or token ids); no chat template."""
+        self._require_started()
+        if request.logprobs:
+            raise EngineError("this engine gives the sampled tokens' log-probs only, no alternatives; "
+                              "send logprobs: 0 (or leave it out)", 422, "invalid_request")
+        extras = _native_params(request)
+        ids = self.tokenizer.encode(request.prompt) if isinstance(request.prompt, str) else request.prompt
+        if not ids:
+            raise EngineError("prompt is empty; send text or at least one token id", 422, "invalid_request")
+        self._check_vocabulary(ids, "prompt has token ids")
+        room = self.config.max_len - len(ids)
+        if room <= 0:  # worded as vLLM words it, so a client (or an openai engine in front) sees an overflow
+            raise EngineError(f"This model's maximum context length is {self.config.max_len} tokens; the prompt "
+                              f"has {len(ids)}", 400, "context_length_exceeded")
+        result = await self._generate(ids, self.sampling_params(request, extras, room))
+        fields: dict[str, Any] = {}
+        if self.config.return_token_ids:
+            fields = {"prompt_token_ids": ids, "generation_token_ids": list(result.token_ids),
+                      "generation_log_probs": list(result.logprobs)}
+        if request.logprobs is not None:
+            fields["logprobs"] = self._legacy_logprobs(result.token_ids, result.logprobs,
+                                                       as_ids=extras.return_tokens_as_token_ids)
+        choice = CompletionChoice(text=result.text or "", finish_reason=result.finish_reason, **fields)
+        usage = _usage(len(ids), len(result.token_ids), result.cached_tokens, None)
+        return CompletionResponse(model=self.model_name, choices=[choice], usage=usage)
+
+    async def tokenize(self, request: TokenizeRequest, *, session_id: str | None = None) -> TokenizeResponse:
+        """A conversation's ids exactly as `chat` would build its prompt (earlier turns' ids spliced), or a prompt's."""
+        if self.tokenizer is None:
+            raise EngineError("the native engine is not started (or already stopped)", 503, "unavailable")
+        if request.prompt is not None:
+            ids = self.tokenizer.encode(request.prompt)
+        else:
+            chat = ChatCompletionRequest(messages=request.messages or [], tools=request.tools,
+                                         chat_template_kwargs=request.chat_template_kwargs or {})
+            ids = await asyncio.to_thread(self._conversation_ids, chat, request.add_generation_prompt)
+        return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.config.max_len)
+
+    def _conversation_ids(self, request: ChatCompletionRequest, add_generation_prompt: bool) -> list[int]:
+        if add_generation_prompt:
+            return self.build_prompt(request).ids
+        kwargs = _template_kwargs(_native_params(request), self.config.enable_thinking)
+        messages = [_template_message(m) for m in request.messages]
+        return self.tokenizer.encode(self._render(messages, _rendered_tools(request), kwargs,
+                                                  add_generation_prompt=False))
+
+    def _require_started(self) -> None:
+        if self._runner is None:
+            raise EngineError("the native engine is not started (or already stopped)", 503, "unavailable")
+
+    async def _generate(self, ids: list[int], params: Any) -> Any:
+        """Run one generation on the engine thread; failures become EngineErrors with the right status."""
+        from model.engine import GenerationRequest
+
         try:
-            result = await self._runner.submit(GenerationRequest(prompt.ids, params))
+            return await self._runner.submit(GenerationRequest(ids, params))
         except ValueError as exc:
             raise EngineError(f"invalid request: {exc}", 422, "invalid_request") from None
         except Exception as exc:  # noqa: BLE001 -- a failed engine step or a stopped engine, not the caller's fault
             if self._runner is None:
                 raise EngineError("the native engine stopped while generating", 503, "unavailable") from None
             raise EngineError(f"generation failed: {type(exc).__name__}: {exc}", 500, "engine_error") from None
-        return self._completion(request, prompt, result.token_ids, result.logprobs, result.text or "",
-                                result.finish_reason, cached=result.cached_tokens,
-                                reasoning_tokens=result.num_reasoning_tokens)
+
+    def _check_vocabulary(self, ids: list[int], what: str) -> None:
+        bad = [i for i in ids if not 0 <= i < self._vocab_size]
+        if bad:
+            raise EngineError(f"{what} outside the vocabulary (0..{self._vocab_size - 1}): {bad[:5]}", 422,
+                              "invalid_request")
+
+    def _legacy_logprobs(self, ids: list[int], logprobs: list[float], *, as_ids: bool) -> dict[str, Any]:
+        """The legacy completions `logprobs` object (no alternatives); tokens as text, or `token_id:N` as vLLM's."""
+        pieces = [self.tokenizer.decode([i]) for i in ids]
+        offsets = [0, *itertools.accumulate(len(p) for p in pieces[:-1])] if pieces else []
+        tokens = [f"token_id:{i}" for i in ids] if as_ids else pieces
+        return {"tokens": tokens, "token_logprobs": list(logprobs), "top_logprobs": None, "text_offset": offsets}
 
     # ---- prompt ---------------------------------------------------------------------------------
     def build_prompt(self, request: ChatCompletionRequest, extras: NativeParams | None = None) -> Prompt:
@@ -207,11 +282,7 @@ class NativeEngine(Engine):
                         tools: list[dict[str, Any]] | None, kwargs: dict[str, Any]) -> Prompt | None:
         """`turn`'s ids + the tokens of the messages after it; None when the renderings do not line up."""
         previous = [*turn.prompt_token_ids, *turn.generation_token_ids]  # type: ignore[misc]
-        bad = [i for i in previous if not 0 <= i < self._vocab_size]
-        if bad:
-            raise EngineError(f"an assistant message carries token ids outside the vocabulary "
-                              f"(0..{self._vocab_size - 1}): {bad[:5]}; send the token fields back unchanged",
-                              422, "invalid_request")
+        self._check_vocabulary(previous, "an assistant message (send its token fields back unchanged) carries ids")
         # The earlier turns are the model's own ids here, so the template's history truncation has no say.
         kwargs = {**kwargs, "truncate_history_thinking": False}
         full = self._render(messages, tools, kwargs, add_generation_prompt=True)
@@ -241,15 +312,14 @@ class NativeEngine(Engine):
                               422, "invalid_request") from None
 
     # ---- sampling -------------------------------------------------------------------------------
-    def sampling_params(self, request: ChatCompletionRequest, extras: NativeParams, room: int) -> Any:
+    def sampling_params(self, request: ChatCompletionRequest | CompletionRequest, extras: NativeParams,
+                        room: int) -> Any:
         """The request's sampling fields as SamplingParams; stops on the tokenizer's end-of-turn ids by default."""
         from model.sampling import SamplingParams
 
-        bad = [i for i in extras.stop_token_ids if not 0 <= i < self._vocab_size]
-        if bad:
-            raise EngineError(f"stop_token_ids outside the vocabulary (0..{self._vocab_size - 1}): {bad[:5]}",
-                              422, "invalid_request")
-        requested = _first(request.max_completion_tokens, request.max_tokens, self.config.max_tokens)
+        self._check_vocabulary(extras.stop_token_ids, "stop_token_ids has ids")
+        requested = _first(getattr(request, "max_completion_tokens", None), request.max_tokens,
+                           self.config.max_tokens)
         if requested is not None and requested < 1:
             raise EngineError(f"max_tokens must be at least 1, got {requested}", 422, "invalid_request")
         stop = (request.stop,) if isinstance(request.stop, str) else tuple(request.stop or ())
@@ -302,17 +372,12 @@ class NativeEngine(Engine):
         if calls:
             fields["tool_calls"] = calls
         message = ChatMessage(role="assistant", content=content or (None if calls else ""), **fields)
-        details = {"completion_tokens_details": {"reasoning_tokens": reasoning_tokens}} \
-            if reasoning_tokens is not None else {}
-        usage = ChatUsage(prompt_tokens=len(prompt.ids), completion_tokens=len(token_ids),
-                          total_tokens=len(prompt.ids) + len(token_ids),
-                          prompt_tokens_details={"cached_tokens": cached}, **details)
         return ChatCompletionResponse(
-            model=self.model_name, usage=usage,
+            model=self.model_name, usage=_usage(len(prompt.ids), len(token_ids), cached, reasoning_tokens),
             choices=[ChatChoice(message=message, finish_reason="tool_calls" if calls else finish_reason)])
 
 
-def _native_params(request: ChatCompletionRequest) -> NativeParams:
+def _native_params(request: ChatCompletionRequest | CompletionRequest) -> NativeParams:
     try:
         extras = NativeParams.model_validate(request.model_extra or {})
     except ValidationError as exc:
@@ -328,6 +393,13 @@ def _native_params(request: ChatCompletionRequest) -> NativeParams:
     if isinstance(from_metadata, dict):
         extras.chat_template_kwargs = {**from_metadata, **extras.chat_template_kwargs}
     return extras
+
+
+def _usage(prompt: int, completion: int, cached: int, reasoning_tokens: int | None) -> ChatUsage:
+    details = {"completion_tokens_details": {"reasoning_tokens": reasoning_tokens}} \
+        if reasoning_tokens is not None else {}
+    return ChatUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                     prompt_tokens_details={"cached_tokens": cached}, **details)
 
 
 def _first(*values: Any) -> Any:
