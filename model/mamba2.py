@@ -103,6 +103,19 @@ def causal_conv(xbc: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tenso
     return F.silu(out).transpose(1, 2).to(xbc.dtype), window[..., -(weight.shape[-1] - 1):]
 
 
+def conv_step(xbc: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`causal_conv` for one token, as a weighted sum over the K-column window (a K-tap conv1d call costs more).
+
+    xbc: (b, c); conv_state: (b, c, K-1); weight: (c, 1, K). Returns (b, c) activated and the new state.
+    """
+    window = torch.cat([conv_state, xbc[..., None].to(conv_state.dtype)], dim=-1)  # (b, c, K)
+    out = (window.to(weight.dtype) * weight[:, 0]).sum(-1)
+    if bias is not None:
+        out = out + bias
+    return F.silu(out).to(xbc.dtype), window[..., 1:]
+
+
 class GatedRMSNorm(nn.Module):
     """RMSNorm of y * silu(z) over groups of contiguous channels (norm_before_gate=False)."""
 
@@ -149,7 +162,11 @@ class Mamba2Mixer(nn.Module):
         else:
             conv_state, ssm_state = pool.conv[self.layer_idx][slots], pool.ssm[self.layer_idx][slots]
 
-        xbc, conv_state = causal_conv(xbc, conv_state, self.conv1d.weight, self.conv1d.bias)
+        if t == 1:
+            xbc, conv_state = conv_step(xbc[:, 0], conv_state, self.conv1d.weight, self.conv1d.bias)
+            xbc = xbc[:, None]
+        else:
+            xbc, conv_state = causal_conv(xbc, conv_state, self.conv1d.weight, self.conv1d.bias)
         x, B, C = xbc.split([h * p, g * n, g * n], dim=-1)
         x, B, C = x.view(b, t, h, p), B.view(b, t, g, n), C.view(b, t, g, n)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (b, t, h); no clamp, as vLLM and NVIDIA's code
@@ -165,3 +182,26 @@ class Mamba2Mixer(nn.Module):
             pool.conv[self.layer_idx].index_copy_(0, slots, conv_state.to(pool.conv[self.layer_idx].dtype))
             pool.ssm[self.layer_idx].index_copy_(0, slots, ssm_state.to(pool.ssm[self.layer_idx].dtype))
         return self.out_proj(self.norm(y.reshape(b, t, h * p), z))
+
+    def decode(self, u: torch.Tensor, pool: StatePool, active: torch.Tensor | None = None) -> torch.Tensor:
+        """One token for every slot of the pool: u (S, hidden) normed input -> (S, hidden).
+
+        Row s is slot s, so the state is read and written in place without a gather; rows where `active` is
+        False keep their state. Free of host syncs and data-dependent shapes (see `NemotronHForCausalLM.decode`).
+        """
+        c, b = self.config, u.shape[0]
+        h, p, g, n = c.mamba_num_heads, c.mamba_head_dim, c.n_groups, c.ssm_state_size
+        z, xbc, dt = self.in_proj(u).split([c.mamba_intermediate, c.conv_dim, h], dim=-1)
+        conv_state, ssm_state = pool.conv[self.layer_idx], pool.ssm[self.layer_idx]
+        xbc, new_conv = conv_step(xbc, conv_state, self.conv1d.weight, self.conv1d.bias)
+        x, B, C = xbc.split([h * p, g * n, g * n], dim=-1)
+        x = x.view(b, h, p)
+        dt = F.softplus(dt.float() + self.dt_bias.float())  # (S, h)
+        y, new_ssm = ssd_step(ssm_state, x, dt, -torch.exp(self.A_log.float()), B.view(b, g, n), C.view(b, g, n))
+        y = y + self.D.float()[:, None] * x.float()  # (S, h, p)
+        if active is not None:
+            new_conv = torch.where(active[:, None, None], new_conv, conv_state)
+            new_ssm = torch.where(active[:, None, None, None], new_ssm, ssm_state)
+        conv_state.copy_(new_conv)
+        ssm_state.copy_(new_ssm)
+        return self.out_proj(self.norm(y.reshape(b, h * p), z))

@@ -78,6 +78,20 @@ class Experts(nn.Module):
         out.index_add_(0, token, ys.float() * weights.flatten()[order, None])
         return out.to(x.dtype)
 
+    def decode(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """`forward` without host syncs or data-dependent shapes, for decode steps and torch.compile.
+
+        Gathers each token's k experts and runs them as batched matrix-vector products (as gpt-fast's Mixtral
+        does). That costs k expert copies per token: right for decode batches, while `forward`, which reads
+        each expert once, suits prefill.
+        """
+        n, k = ids.shape
+        flat_ids = ids.flatten()  # (n*k,)
+        xs = x.repeat_interleave(k, dim=0)[:, :, None]  # (n*k, hidden, 1)
+        hidden = F.relu(torch.bmm(self.up_proj[flat_ids], xs)).square()  # (n*k, I, 1)
+        ys = torch.bmm(self.down_proj[flat_ids], hidden).view(n, k, -1)  # (n, k, hidden)
+        return (ys.float() * weights[..., None]).sum(1).to(x.dtype)  # accumulated in float32, as in `forward`
+
 
 class MoE(nn.Module):
     """Routed experts (top-k of n_routed_experts) plus one always-on shared expert."""
@@ -93,3 +107,8 @@ class MoE(nn.Module):
         flat = u.reshape(-1, u.shape[-1])
         weights, ids = self.gate(flat)
         return self.experts(flat, weights, ids).view_as(u) + self.shared_experts(u)
+
+    def decode(self, u: torch.Tensor) -> torch.Tensor:
+        """u: (n, hidden) -> (n, hidden), free of host syncs (see `Experts.decode`)."""
+        weights, ids = self.gate(u)
+        return self.experts.decode(u, weights, ids) + self.shared_experts(u)

@@ -71,6 +71,38 @@ class Attention(nn.Module):
         mask = torch.arange(end, device=pos.device) <= pos[:, :, None]  # (b, t, L): causal, per-row length
         return cache_k[slots, :, :end], cache_v[slots, :, :end], mask[:, None]
 
+    def decode(self, u: torch.Tensor, pool: StatePool, active: torch.Tensor | None = None,
+               span: int | None = None) -> torch.Tensor:
+        """One token for every slot of the pool: u (S, hidden) -> (S, hidden); row s is slot s.
+
+        Attends over the first `span` (default max_len) cache positions with a length mask rather than slicing
+        to the longest row, which would be a host sync and a changing shape. Rows where `active` is False
+        rewrite the K/V already there.
+        """
+        c, b = self.config, u.shape[0]
+        kv, group = c.num_key_value_heads, c.num_attention_heads // c.num_key_value_heads
+        q = self.q_proj(u).view(b, kv, group, c.head_dim)  # query head i reads kv head i // group
+        k = self.k_proj(u).view(b, kv, c.head_dim)
+        v = self.v_proj(u).view(b, kv, c.head_dim)
+        span = pool.max_len if span is None else span
+        cache_k, cache_v = pool.k[self.layer_idx], pool.v[self.layer_idx]
+        # The clamp only guards inactive slots (a finished sequence may have filled its slot); the caller keeps
+        # every active row's length below span.
+        pos = pool.lengths.clamp(max=span - 1)  # (S,) where the new token goes
+        rows = torch.arange(b, device=u.device)
+        k, v = k.to(cache_k.dtype), v.to(cache_v.dtype)
+        if active is not None:
+            k = torch.where(active[:, None, None], k, cache_k[rows, :, pos])
+            v = torch.where(active[:, None, None], v, cache_v[rows, :, pos])
+        cache_k[rows, :, pos] = k  # (S, kv, d)
+        cache_v[rows, :, pos] = v
+        # Plain matmuls: for one query per row they beat the CPU flash-attention kernel by a wide margin.
+        scores = (q @ cache_k[:, :, :span].mT).float() * c.head_dim ** -0.5  # (S, kv, group, span)
+        future = torch.arange(span, device=u.device) > pos[:, None]  # (S, span)
+        probs = scores.masked_fill(future[:, None, None], -torch.inf).softmax(-1)
+        o = probs.to(cache_v.dtype) @ cache_v[:, :, :span]  # (S, kv, group, d)
+        return self.o_proj(o.reshape(b, -1).to(u.dtype))
+
 
 class Block(nn.Module):
     """h + mixer(RMSNorm(h)), the mixer chosen by the layer's pattern letter."""
@@ -93,6 +125,17 @@ class Block(nn.Module):
         u = self.norm(h)
         if self.kind in (MAMBA, ATTENTION):
             return h + self.mixer(u, pool, slots)
+        return h + self.mixer(u)
+
+    def decode(self, h: torch.Tensor, pool: StatePool, active: torch.Tensor | None, span: int | None) -> torch.Tensor:
+        """`forward` for one token in every slot: h (S, hidden); see `NemotronHForCausalLM.decode`."""
+        u = self.norm(h)
+        if self.kind == ATTENTION:
+            return h + self.mixer.decode(u, pool, active, span)
+        if self.kind == MAMBA:
+            return h + self.mixer.decode(u, pool, active)
+        if self.kind == MOE:
+            return h + self.mixer.decode(u)
         return h + self.mixer(u)
 
 
@@ -139,6 +182,22 @@ class NemotronHForCausalLM(nn.Module):
             pool.lengths[slots] += input_ids.shape[1]
         if last_only:
             h = h[:, -1:]
+        return self.lm_head(self.backbone.norm_f(h)).float()
+
+    def decode(self, input_ids: torch.Tensor, pool: StatePool, active: torch.Tensor | None = None,
+               span: int | None = None) -> torch.Tensor:
+        """One token for every slot of the pool: input_ids (S,) -> float32 logits (S, V); row s is slot s.
+
+        The same computation as `forward(input_ids[:, None], pool, all slots)`, but with static shapes and no
+        host syncs, so `torch.compile` can capture a whole decode step. Rows where `active` (S,) bool is False
+        compute garbage and leave their slot untouched, which keeps the batch at S rows whoever is running.
+        Attention reads the first `span` cache positions (default max_len): every active slot's length must be
+        below it (the engine, which knows the lengths, passes a power of two).
+        """
+        h = self.backbone.embeddings(input_ids)
+        for block in self.backbone.layers:
+            h = block.decode(h, pool, active, span)
+        pool.lengths.add_(1 if active is None else active.long())
         return self.lm_head(self.backbone.norm_f(h)).float()
 
     @property
