@@ -87,13 +87,18 @@ def test_sampling_fields_and_vllm_token_names(server, tok):
     ({"prompt": "Hello", "logprobs": 2}, 422, "logprobs: 0"),
     ({"prompt": [10**6]}, 422, "vocabulary"),
     ({"prompt": ""}, 422, "empty"),
-    ({"prompt": [1] * 300}, 400, "maximum context length"),
     ({"prompt": "Hello", "temperature": -1}, 422, "temperature"),
 ])
 def test_invalid_completions_are_4xx_json_errors(server, body, status, says):
     reply = server.post("/v1/completions", json=body)
     assert reply.status_code == status, reply.text
     assert says in reply.json()["error"]["message"]
+
+
+def test_a_prompt_that_fills_max_len_ends_with_length_not_an_error(server):
+    [choice] = complete(server, prompt=[1] * 300)["choices"]
+    assert choice["finish_reason"] == "length" and choice["text"] == ""
+    assert choice["prompt_token_ids"] == [1] * 300 and choice["generation_token_ids"] == []
 
 
 def test_tokenize_gives_the_ids_chat_would_prompt_with(server, tok):

@@ -182,6 +182,8 @@ class NativeEngine(Engine):
 
     async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
         """Continue a raw prompt (text, tokenized as is without a BOS, or token ids); no chat template."""
+        from model.engine import GenerationResult
+
         self._require_started()
         if request.logprobs:
             raise EngineError("this engine gives the sampled tokens' log-probs only, no alternatives; "
@@ -192,10 +194,9 @@ class NativeEngine(Engine):
             raise EngineError("prompt is empty; send text or at least one token id", 422, "invalid_request")
         self._check_vocabulary(ids, "prompt has token ids")
         room = self.config.max_len - len(ids)
-        if room <= 0:  # worded as vLLM words it, so a client (or an openai engine in front) sees an overflow
-            raise EngineError(f"This model's maximum context length is {self.config.max_len} tokens; the prompt "
-                              f"has {len(ids)}", 400, "context_length_exceeded")
-        result = await self._generate(ids, self.sampling_params(request, extras, room))
+        params = self.sampling_params(request, extras, max(room, 1))
+        # A prompt that fills max_len ends here with nothing generated, as an overflowing chat does.
+        result = await self._generate(ids, params) if room > 0 else GenerationResult("", ids, [], [], "length", "")
         fields: dict[str, Any] = {}
         if self.config.return_token_ids:
             fields = {"prompt_token_ids": ids, "generation_token_ids": list(result.token_ids),
