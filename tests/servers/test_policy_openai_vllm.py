@@ -139,6 +139,17 @@ async def test_an_upstream_without_log_probs_is_a_clear_502(serve):
     assert "needs a vLLM upstream" in reply.json()["error"]["message"]
 
 
+async def test_an_upstream_that_sends_the_token_fields_itself_keeps_them(serve):
+    """Training through another gym policy server (here a scripted one with fake ids): no logprobs needed."""
+    gym = await serve(PolicyServer("inner", {"engine": "scripted", "token_ids": True}).build_app())
+    outer = await serve(PolicyServer("policy", {"engine": "openai", "base_url": gym + "/v1",
+                                                "return_token_ids": True}).build_app())
+    message = (await post(outer, "/v1/chat/completions", {"messages": QUESTION}))["choices"][0]["message"]
+    assert bytes(message["prompt_token_ids"]).decode().startswith("<|user|>Weather in Paris?")
+    assert bytes(message["generation_token_ids"]).decode() == f"{message['content']}<|end|>"
+    assert message["generation_log_probs"] == [0.0] * len(message["generation_token_ids"])
+
+
 async def test_training_completions_carry_the_token_fields_on_the_choice(serve):
     seen: list = []
     policy = await policy_over(serve, seen)

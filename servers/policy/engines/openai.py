@@ -114,11 +114,9 @@ class OpenAIEngine(Engine):
                 ChatChoice(message=ChatMessage(role="assistant", content=""), finish_reason="length")])
         if training:
             tokens = self._take(vllm_tokens.take_chat_tokens, reply, "logprobs" in (request.model_extra or {}))
-            message = reply["choices"][0]["message"]
-            if "generation_token_ids" not in message:  # an upstream that already sends the fields keeps its own
-                if tokens.prompt is None:
-                    tokens.prompt = await self._prompt_ids(request, session_id)
-                message.update(tokens.fields())
+            if tokens.prompt is None:
+                tokens.prompt = await self._prompt_ids(request, session_id)
+            reply["choices"][0]["message"].update(tokens.fields())
         return _validated(ChatCompletionResponse, reply, "chat completion")
 
     async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:

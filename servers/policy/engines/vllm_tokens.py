@@ -4,7 +4,8 @@ For training, a vLLM upstream is asked for the sampled tokens' log-probs with `r
 (each sampled token is then written "token_id:<int>") and for `return_token_ids` (the prompt's ids: at the
 top level of a chat completion, on the choice of a legacy completion; the generation's as the choice's
 `token_ids`). `take_*_tokens` read those out of the raw answer and remove vLLM's copies, so the ids cross our
-wire once, as `prompt_token_ids`, `generation_token_ids` and `generation_log_probs`.
+wire once, as `prompt_token_ids`, `generation_token_ids` and `generation_log_probs`. An upstream whose chat
+message already carries those three (another gym policy server) keeps its own.
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ def take_chat_tokens(reply: dict[str, Any], *, keep_logprobs: bool) -> Tokens:
     prompt = reply.pop("prompt_token_ids", None) or choice.pop("prompt_token_ids", None)
     token_ids = choice.pop("token_ids", None)
     logprobs = choice.get("logprobs") if keep_logprobs else choice.pop("logprobs", None)
+    message = choice["message"]
+    if "generation_token_ids" in message:  # an upstream that sends the fields itself (a gym policy server)
+        return Tokens(message.get("prompt_token_ids"), message["generation_token_ids"],
+                      message.get("generation_log_probs") or [])
     entries = (logprobs or {}).get("content")
     pairs = None if entries is None else [(e.get("token"), e.get("logprob")) for e in entries]
     return Tokens(prompt, *_generation(pairs, token_ids))
