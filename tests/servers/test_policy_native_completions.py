@@ -85,6 +85,7 @@ def test_sampling_fields_and_vllm_token_names(server, tok):
 
 @pytest.mark.parametrize("body, status, says", [
     ({"prompt": "Hello", "logprobs": 2}, 422, "logprobs: 0"),
+    ({"prompt": "Hello", "echo": True}, 422, "echo"),
     ({"prompt": [10**6]}, 422, "vocabulary"),
     ({"prompt": ""}, 422, "empty"),
     ({"prompt": "Hello", "temperature": -1}, 422, "temperature"),

@@ -188,6 +188,9 @@ class NativeEngine(Engine):
         if request.logprobs:
             raise EngineError("this engine gives the sampled tokens' log-probs only, no alternatives; "
                               "send logprobs: 0 (or leave it out)", 422, "invalid_request")
+        if (request.model_extra or {}).get("echo"):
+            raise EngineError("echo is not supported: the prompt's own log-probs are not computed", 422,
+                              "invalid_request")
         extras = _native_params(request)
         ids = self.tokenizer.encode(request.prompt) if isinstance(request.prompt, str) else request.prompt
         if not ids:
@@ -196,7 +199,8 @@ class NativeEngine(Engine):
         room = self.config.max_len - len(ids)
         params = self.sampling_params(request, extras, max(room, 1))
         # A prompt that fills max_len ends here with nothing generated, as an overflowing chat does.
-        result = await self._generate(ids, params) if room > 0 else GenerationResult("", ids, [], [], "length", "")
+        result = await self._generate(ids, params) if room > 0 else GenerationResult(
+            request_id="", prompt_token_ids=ids, token_ids=[], logprobs=[], finish_reason="length", text="")
         fields: dict[str, Any] = {}
         if self.config.return_token_ids:
             fields = {"prompt_token_ids": ids, "generation_token_ids": list(result.token_ids),
