@@ -31,9 +31,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gym_core.client import close_client  # noqa: E402
-from gym_core.launcher import Stack, launch  # noqa: E402
-from rollout.collect import collect, read_rows  # noqa: E402
+from gym_core.client import close_client
+from gym_core.launcher import Stack, launch
+from rollout.collect import collect, read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"

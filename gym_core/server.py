@@ -8,7 +8,11 @@ cookie. Every response echoes the session id in both, so either kind of client k
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import functools
+import hmac
+import inspect
 import logging
 import re
 import socket
@@ -20,9 +24,11 @@ import itsdangerous
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 
 from gym_core.protocol import dumps
 
@@ -116,7 +122,7 @@ class GymServer:
             finally:
                 await self.shutdown()
 
-        app = FastAPI(title=f"{self.kind}:{self.name}", lifespan=lifespan, default_response_class=JSONResponse)
+        app = GymApp(title=f"{self.kind}:{self.name}", lifespan=lifespan, default_response_class=JSONResponse)
         health = {"status": "ok", "name": self.name, "kind": self.kind}
 
         @app.get("/health")
@@ -130,7 +136,9 @@ class GymServer:
         self.add_routes(app)
         max_bytes = getattr(self.config, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
         secret = getattr(self.config, "session_secret", None) or f"{type(self).__name__}___{self.name}"
-        app.add_middleware(EdgeMiddleware, server_name=self.name, max_request_bytes=max_bytes, secret=secret)
+        edge = {"server_name": self.name, "max_request_bytes": max_bytes, "tokens": _SessionTokens(secret)}
+        app.add_middleware(EdgeMiddleware, **edge)
+        app.fast_edge = EdgeMiddleware(app.call_fast_endpoint, **edge)
         return app
 
     async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
@@ -197,15 +205,27 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class _SessionSigner(itsdangerous.Signer):
-    """itsdangerous's signer with the derived key computed once (it re-derives it on every call otherwise)."""
+class _SessionTokens:
+    """Session cookie tokens, byte for byte what `itsdangerous.Signer(secret, salt="gym-session")` makes.
 
-    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-        """The HMAC key for `secret_key` (default: the current secret), cached."""
-        cache: dict[Any, bytes] = self.__dict__.setdefault("_derived", {})
-        if secret_key not in cache:
-            cache[secret_key] = super().derive_key(secret_key)
-        return cache[secret_key]
+    The HMAC runs through `hmac.digest` and recent ids' tokens are cached: a rollout's id is signed once per
+    server, and its later requests only compare (itsdangerous re-builds its HMAC objects on every call).
+    """
+
+    def __init__(self, secret: str) -> None:
+        self.key = itsdangerous.Signer(secret, salt="gym-session").derive_key()
+        self.token = functools.lru_cache(maxsize=16384)(self._sign)
+
+    def _sign(self, session_id: str) -> str:
+        mac = hmac.digest(self.key, session_id.encode(), "sha1")
+        return f"{session_id}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+    def session_of(self, token: str) -> str | None:
+        """The session id a token signs, or None when its signature is not ours."""
+        session_id, dot, _ = token.rpartition(".")
+        if dot and hmac.compare_digest(token.encode(), self.token(session_id).encode()):
+            return session_id
+        return None
 
 
 # Session ids become header and cookie values: keep them to a charset that cannot smuggle cookie attributes.
@@ -215,11 +235,11 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
 class EdgeMiddleware:
     """Pure-ASGI edge: body-size limit (413), session id in and out, and 500 bodies for unhandled bugs."""
 
-    def __init__(self, app: Any, *, server_name: str, max_request_bytes: int, secret: str) -> None:
+    def __init__(self, app: Any, *, server_name: str, max_request_bytes: int, tokens: _SessionTokens) -> None:
         self.app = app
         self.name = server_name
         self.max_bytes = max_request_bytes
-        self.signer = _SessionSigner(secret, salt="gym-session")
+        self.tokens = tokens
         self.cookie = "gym_session_" + re.sub(r"[^A-Za-z0-9_]", "_", server_name)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -287,8 +307,7 @@ class EdgeMiddleware:
         if raw_cookie:
             token = _cookie_value(raw_cookie.decode("latin-1"), self.cookie)
             if token:
-                with contextlib.suppress(itsdangerous.BadSignature):
-                    from_cookie = self.signer.unsign(token).decode()
+                from_cookie = self.tokens.session_of(token)
         header = headers.get(SESSION_HEADER.lower().encode())
         if header:
             session_id = header.decode("latin-1")
@@ -300,7 +319,7 @@ class EdgeMiddleware:
     def _session_headers(self, session_id: str, cookie_ok: bool) -> list[tuple[bytes, bytes]]:
         out = [(SESSION_HEADER.lower().encode(), session_id.encode("latin-1"))]
         if not cookie_ok:
-            token = self.signer.sign(session_id.encode()).decode()
+            token = self.tokens.token(session_id)
             out.append((b"set-cookie", f"{self.cookie}={token}; Path=/; HttpOnly; SameSite=lax".encode()))
         return out
 
@@ -328,6 +347,91 @@ def _cookie_value(cookie_header: str, name: str) -> str | None:
         if key == name:
             return value.strip('"')
     return None
+
+
+class GymApp(FastAPI):
+    """FastAPI with a fast lane for the per-rollout routes.
+
+    A route with an exact path whose async endpoint takes only the `Request` and returns a `Response` (every
+    rollout route: /run, /seed_session, /<tool>, /verify, /v1/...) is called straight from the edge, skipping
+    FastAPI's middleware stack, the router's scan and dependency solving: they cost more CPU than such a
+    small request's own work (benchmarks/README.md, "Framework CPU per rollout"). Its exceptions go to the
+    app's handlers as before; FastAPI's native OpenTelemetry does not see these requests. Everything else
+    takes the usual FastAPI path. `fast_edge` is the edge (sessions, size limit) in front of the lane.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.fast_edge: EdgeMiddleware | None = None
+        self._fast_lane: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
+        self._fast_lane_of = -1  # how many routes the lane was built from (routes may be added later)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.fast_edge is not None and not self.root_path:
+            endpoint = self._lane().get((scope["method"], scope["path"]))
+            if endpoint is not None and not scope.get("root_path"):
+                scope["app"] = self
+                scope["endpoint"] = endpoint
+                await self.fast_edge(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+    async def call_fast_endpoint(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run a fast-lane endpoint; an exception with a registered handler becomes that handler's response."""
+        request = Request(scope, receive, send)
+        try:
+            response = await scope["endpoint"](request)
+        except Exception as exc:
+            handler = self._handler_for(exc)
+            if handler is None:
+                raise  # the edge answers 500, as it does for the FastAPI path
+            response = handler(request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+        await response(scope, receive, send)
+
+    def _handler_for(self, exc: Exception) -> Callable[..., Any] | None:
+        # Starlette's order: a handler for an HTTPException's status code, then one for the nearest class.
+        if isinstance(exc, HTTPException) and exc.status_code in self.exception_handlers:
+            return self.exception_handlers[exc.status_code]
+        return next((self.exception_handlers[c] for c in type(exc).__mro__ if c in self.exception_handlers), None)
+
+    def _lane(self) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
+        routes = self.router.routes
+        if self._fast_lane_of != len(routes):
+            self._fast_lane, self._fast_lane_of = _fast_lane(routes), len(routes)
+        return self._fast_lane
+
+
+def _fast_lane(routes: list[BaseRoute]) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
+    """(method, path) -> endpoint for the plain exact-path routes that no earlier route can shadow."""
+    claimed: dict[tuple[str, str], Any] = {}
+    for route in routes:
+        path = getattr(route, "path", None)
+        methods = getattr(route, "methods", None)
+        if path is None or methods is None or "{" in path:
+            break  # a pattern (or a mount) matches paths of its own: routes after it keep the router's order
+        plain = _plain_endpoint(route)
+        for method in methods:
+            claimed.setdefault((method, path), plain)
+    return {key: endpoint for key, endpoint in claimed.items() if endpoint is not None}
+
+
+def _plain_endpoint(route: BaseRoute) -> Callable[[Request], Awaitable[Response]] | None:
+    """The endpoint when FastAPI would only call it: `async def f(request: Request) -> Response`, no extras."""
+    if not isinstance(route, APIRoute) or route.dependencies or route.response_model is not None:
+        return None
+    if route.status_code is not None or not inspect.iscoroutinefunction(route.endpoint):
+        return None
+    try:
+        signature = inspect.signature(route.endpoint, eval_str=True)
+    except (NameError, TypeError):
+        return None
+    params = list(signature.parameters.values())
+    returns = signature.return_annotation
+    if len(params) != 1 or params[0].annotation is not Request or params[0].kind is params[0].KEYWORD_ONLY:
+        return None
+    return route.endpoint if isinstance(returns, type) and issubclass(returns, Response) else None
 
 
 # ------------------------------------------------------------------------------------------------ serving

@@ -7,12 +7,20 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
+import itsdangerous
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel
 
 from gym_core.protocol import TaskRow
-from gym_core.server import SESSION_HEADER, GymServer, ServerConfig, serve_in_background, session_id_of
+from gym_core.server import (
+    SESSION_HEADER,
+    GymServer,
+    JSONResponse,
+    ServerConfig,
+    serve_in_background,
+    session_id_of,
+)
 
 
 class EchoConfig(ServerConfig):
@@ -45,6 +53,19 @@ class EchoServer(GymServer):
         @app.post("/session")
         async def session(request: Request) -> dict:
             return {"session_id": session_id_of(request)}
+
+        # The same behaviours on the fast lane (exact path, `async def f(request) -> Response`).
+        @app.post("/fast/session")
+        async def fast_session(request: Request) -> JSONResponse:
+            return JSONResponse({"session_id": session_id_of(request), "bytes": len(await request.body())})
+
+        @app.post("/fast/lookup")
+        async def fast_lookup(request: Request) -> JSONResponse:
+            raise HTTPException(404, "unknown tool 'teleport'; tools: get_weather")
+
+        @app.post("/fast/bug")
+        async def fast_bug(request: Request) -> JSONResponse:
+            raise RuntimeError("password=hunter2 leaked in a repr")
 
     async def startup(self) -> None:
         self.events.append("startup")
@@ -196,3 +217,44 @@ async def test_config_may_be_a_model_instance() -> None:
         greeting: str = "hey"
 
     assert EchoServer("e", Tiny()).config.greeting == "hey"  # type: ignore[arg-type]
+
+
+async def test_fast_lane_takes_plain_routes_and_keeps_the_edge(server) -> None:
+    echo, http = server
+    lane = set(echo.build_app()._lane())
+    assert {("POST", "/fast/session"), ("POST", "/fast/lookup"), ("POST", "/fast/bug")} <= lane
+    assert not lane & {("POST", "/session"), ("POST", "/row"), ("GET", "/health")}  # dict/typed: FastAPI's path
+    first = await http.post("/fast/session", headers={SESSION_HEADER: "rollout-7"})
+    assert first.json() == {"session_id": "rollout-7", "bytes": 0} and first.headers[SESSION_HEADER] == "rollout-7"
+    cookie = first.headers["set-cookie"].split(";")[0]
+    # The cookie is itsdangerous's signature of the id, so NeMo Gym-era cookies stay valid.
+    signer = itsdangerous.Signer("EchoServer___echo", salt="gym-session")
+    assert cookie == "gym_session_echo=" + signer.sign(b"rollout-7").decode()
+    again = await http.post("/fast/session", headers={"cookie": cookie})
+    assert again.json()["session_id"] == "rollout-7" and "set-cookie" not in again.headers
+    forged = await http.post("/fast/session", headers={"cookie": "gym_session_echo=rollout-7.forged"})
+    assert forged.json()["session_id"] != "rollout-7"
+    too_big = await http.post("/fast/session", content=b"x" * 5000)
+    assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "payload_too_large"
+    missing = await http.post("/fast/lookup")
+    assert missing.status_code == 404 and missing.json()["error"]["message"].startswith("unknown tool 'teleport'")
+    bug = await http.post("/fast/bug")
+    assert bug.status_code == 500 and bug.json()["error"]["type"] == "internal_error" and "hunter2" not in bug.text
+    assert (await http.get("/fast/session")).status_code == 405  # other methods take FastAPI's path
+
+
+async def test_fast_lane_keeps_the_router_order() -> None:
+    class Shadowed(EchoServer):
+        def add_routes(self, app: FastAPI) -> None:
+            @app.post("/{name}")
+            async def anything(name: str) -> dict:
+                return {"name": name}
+
+            @app.post("/late")
+            async def late(request: Request) -> JSONResponse:
+                return JSONResponse({"late": True})
+
+    app = Shadowed("s", {}).build_app()
+    assert ("POST", "/late") not in app._lane()  # the pattern before it wins, as in the router
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+        assert (await http.post("/late")).json() == {"name": "late"}
