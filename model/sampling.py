@@ -70,9 +70,11 @@ def sample(
     logits = logits.float()
     device = logits.device
     forced = forced or [None] * len(params)
-    temps = torch.tensor([p.temperature for p in params], device=device)
-    greedy = temps == 0
-    logprobs = torch.log_softmax(logits / torch.where(greedy, 1.0, temps)[:, None], dim=-1)
+    temps = [p.temperature or 1.0 for p in params]  # greedy rows report log_softmax(logits)
+    scaled = logits
+    if any(t != 1.0 for t in temps):  # skip the division, and the tensor it needs, when nothing is tempered
+        scaled = logits / torch.tensor(temps, device=device)[:, None]
+    logprobs = torch.log_softmax(scaled, dim=-1)
     tokens = logits.argmax(dim=-1)
     rows = [i for i, p in enumerate(params) if p.temperature > 0 and forced[i] is None]
     if rows:

@@ -329,6 +329,31 @@ def test_real_model_prefix_reuse_equals_full_prefill(tiny_model):
     assert engine.stats.prefill_tokens - before == 6 and second.cached_tokens == len(turn2) - 6
 
 
+def assert_every_slot_decode_matches_general(model) -> None:
+    """Engine(compile=True) against the default engine: joins, chunked prefill beside decode (idle and
+    mid-prefill slots masked), greedy and seeded sampling, prefix reuse, two attention spans (64 and 128)."""
+    long_prompt = [(7 * j) % 96 for j in range(70)]
+    temps = (0, 0.8, 1.0, 0, 1.2, 0.5, 0)
+    reqs = [GenerationRequest(p, SamplingParams(temperature=t, seed=i, max_tokens=6 + 3 * i))
+            for i, (p, t) in enumerate(zip([*real_prompts(), long_prompt, *real_prompts()], temps))]
+    expected = Engine(model, max_batch=3, max_len=160, prefill_chunk=6).generate(reqs)
+    got = Engine(model, max_batch=3, max_len=160, prefill_chunk=6, compile=True).generate(reqs)
+    for want, have in zip(expected, got):
+        assert have.token_ids == want.token_ids
+        assert have.logprobs == pytest.approx(want.logprobs, abs=1e-4)
+        assert have.cached_tokens == want.cached_tokens
+
+
+def test_every_slot_decode_matches_the_general_path(tiny_model, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # the compiled engine's path, run eagerly
+    assert_every_slot_decode_matches_general(tiny_model)
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_the_general_path(tiny_model):
+    assert_every_slot_decode_matches_general(tiny_model)  # compiles a few graphs: about a minute on 2 CPUs
+
+
 def test_real_tokenizer_thinking_budget_and_text():
     from model import load
     from model.tokenizer import ChatTokenizer
