@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from http.cookies import SimpleCookie
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from fastapi import Response as HTTPResponse
 from gym_core.client import get_client
 from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse
 from environments.weather.app import Weather
-from servers.agents.tool_calling import ToolCallingAgent
+from servers.agents.tool_calling import ToolCallingAgent, _set_cookie
 from servers.policy.engines.base import Engine, EngineConfig, EngineError
 from servers.policy.server import PolicyServer
 
@@ -221,3 +222,13 @@ async def test_scripted_fake_token_ids_extend_the_prompt_like_a_chat_template(se
         assert item["generation_log_probs"] == [0.0] * len(item["generation_token_ids"])
     answer = bytes(model_items[-1]["generation_token_ids"]).decode()
     assert answer == "city: Tokyo, temperature_c: 24, condition: cloudy.<|end|>"
+
+
+@pytest.mark.parametrize("header", [
+    "gym_session_weather=abc.Xy-_z; Path=/; HttpOnly; SameSite=lax", 'a="quoted"; Path=/', "a=b;c=d", "a=b; Foo",
+    "a=b; Path", "$x=1", "Path=/; a=b", "a=b; Expires=Wed, 21 Oct 2015 07:28:00 GMT; Max-Age=3", "x=1, y=2", "bad",
+])
+def test_set_cookie_reads_like_simplecookie(header: str) -> None:
+    jar = SimpleCookie()
+    jar.load(header)
+    assert _set_cookie(header) == {name: morsel.value for name, morsel in jar.items()}
