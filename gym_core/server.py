@@ -452,6 +452,8 @@ def uvicorn_server(app: FastAPI, *, log_level: str = "warning", **overrides: Any
     options: dict[str, Any] = dict(
         loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
         timeout_keep_alive=30, backlog=4096, access_log=False, timeout_graceful_shutdown=10,
+        # Servers are called directly (their registered URL), never through a proxy: no X-Forwarded-* to apply.
+        proxy_headers=False,
     )
     options.update(overrides)
     return uvicorn.Server(uvicorn.Config(app, **options))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
 from collections.abc import AsyncIterator
 
@@ -51,6 +52,11 @@ def target_app(hits: dict[str, int]) -> FastAPI:
     async def fail() -> None:
         hits["fail"] = hits.get("fail", 0) + 1
         raise HTTPException(422, "invalid request: body.reward: Field required")
+
+    @app.get("/gzip")
+    async def gzipped() -> Response:
+        body = gzip.compress(b'{"zipped": true}')
+        return Response(body, media_type="application/json", headers={"content-encoding": "gzip"})
 
     @app.get("/set-cookie")
     async def set_cookie(response: Response) -> dict:
@@ -102,6 +108,10 @@ async def test_post_and_get_by_url_give_httpx_responses(target, client: ServiceC
     response.raise_for_status()
     assert (await client.get(url + "/", "/sleep/0")).json() == {"slept": 0}
     assert (await client.post_json(url, "/echo", {"k": 1}, headers={"Content-Type": "application/json"}))["body"] == {"k": 1}
+    assert response.is_stream_consumed and response.is_closed and response.num_bytes_downloaded == len(response.content)
+    assert response.text == response.content.decode() and response.http_version == "HTTP/1.1"
+    zipped = await client.get(url, "/gzip")  # a compressed body is decoded, as httpx would
+    assert zipped.json() == {"zipped": True} and zipped.headers["content-encoding"] == "gzip"
 
 
 async def test_closed_port_fails_fast_after_bounded_tries(client: ServiceClient) -> None:
