@@ -23,10 +23,16 @@ class WireModel(BaseModel):
     # Fields a consumer requires (a `type` tag, a Response's id) are marked as set so exclude_unset keeps them.
     always_dump: ClassVar[tuple[str, ...]] = ()
 
-    def model_post_init(self, context: Any, /) -> None:
-        """Mark the `always_dump` fields as set."""
-        if self.always_dump:
-            self.__pydantic_fields_set__.update(self.always_dump)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only schemas with `always_dump` get the post-init hook: pydantic calls it on every instance it builds.
+        if cls.always_dump and "model_post_init" not in vars(cls):
+            cls.model_post_init = _mark_always_dump  # type: ignore[method-assign]
+
+
+def _mark_always_dump(self: WireModel, context: Any, /) -> None:
+    """Mark the `always_dump` fields as set."""
+    self.__pydantic_fields_set__.update(self.always_dump)
 
 
 # ---------------------------------------------------------------------------------------------- token ids
@@ -41,6 +47,8 @@ class TokenFields(WireModel):
 
     @model_validator(mode="after")
     def _atomic_token_fields(self) -> TokenFields:
+        if self.prompt_token_ids is None and self.generation_token_ids is None and self.generation_log_probs is None:
+            return self  # most items (input messages, tools' calls without training) carry none
         present = [
             name
             for name in ("prompt_token_ids", "generation_token_ids", "generation_log_probs")

@@ -23,6 +23,7 @@ from gym_core.protocol import (
     TaskRow,
     VerifyRequest,
     VerifyResponse,
+    WireModel,
     dumps,
     loads,
 )
@@ -227,3 +228,17 @@ def test_function_tool_and_dumps_of_plain_values() -> None:
     assert loads(dumps([tool, {"a": 1}])) == [{"type": "function", "name": "f", "parameters": {"type": "object"}}, {"a": 1}]
     with pytest.raises(TypeError, match="object"):
         dumps(object())
+
+
+def test_always_dump_fields_are_dumped_at_default_and_others_are_not() -> None:
+    class Tagged(WireModel):
+        always_dump = ("kind",)
+        kind: str = "tag"
+        note: str = "default"
+
+    class Child(Tagged):  # inherits the hook with the tuple
+        extra_field: int = 0
+
+    assert dumps(Tagged()) == b'{"kind":"tag"}' and dumps(Child()) == b'{"kind":"tag"}'
+    # Schemas without always_dump have no post-init hook: pydantic builds them without a Python call each.
+    assert Message.__pydantic_post_init__ is None and Tagged.__pydantic_post_init__ == "model_post_init"
