@@ -197,11 +197,13 @@ class Mamba2Mixer(nn.Module):
         x, B, C = xbc.split([h * p, g * n, g * n], dim=-1)
         x = x.view(b, h, p)
         dt = F.softplus(dt.float() + self.dt_bias.float())  # (S, h)
+        if active is not None:
+            # dt = 0 makes the step an exact no-op on the SSM state (decay exp(0) = 1, no input), which is
+            # cheaper than selecting between two copies of the largest tensor of the step
+            dt = dt * active[:, None]
+            new_conv = torch.where(active[:, None, None], new_conv, conv_state)
         y, new_ssm = ssd_step(ssm_state, x, dt, -torch.exp(self.A_log.float()), B.view(b, g, n), C.view(b, g, n))
         y = y + self.D.float()[:, None] * x.float()  # (S, h, p)
-        if active is not None:
-            new_conv = torch.where(active[:, None, None], new_conv, conv_state)
-            new_ssm = torch.where(active[:, None, None, None], new_ssm, ssm_state)
         conv_state.copy_(new_conv)
         ssm_state.copy_(new_ssm)
         return self.out_proj(self.norm(y.reshape(b, h * p), z))
