@@ -370,8 +370,7 @@ class GymApp(FastAPI):
         if scope["type"] == "http" and self.fast_edge is not None and not self.root_path:
             endpoint = self._lane().get((scope["method"], scope["path"]))
             if endpoint is not None and not scope.get("root_path"):
-                scope["app"] = self
-                scope["endpoint"] = endpoint
+                scope.update(app=self, router=self.router, endpoint=endpoint, path_params={})
                 await self.fast_edge(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
