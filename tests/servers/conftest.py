@@ -30,3 +30,11 @@ async def serve() -> AsyncIterator[Callable[[FastAPI], Awaitable[str]]]:
         await close_client()
         # Stopped together: each stop waits out uvicorn's shutdown tick.
         await asyncio.gather(*(server.__aexit__(None, None, None) for server in running))
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The builtin tiny model's chat tokenizer."""
+    from model.tokenizer import ChatTokenizer
+
+    return ChatTokenizer.from_pretrained("builtin:tiny")

@@ -23,6 +23,7 @@ from model.tokenizer import ChatTokenizer, parse_generation
 from servers.policy.engines.base import EngineError
 from servers.policy.engines.native import NativeConfig, NativeEngine
 from servers.policy.server import PolicyServer
+from tests.servers.native_policy import QUESTION, native_policy
 
 torch = pytest.importorskip("torch")
 
@@ -31,26 +32,16 @@ CHAT_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Get the current weather for a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 RESPONSES_TOOL = {"type": "function", **CHAT_TOOL["function"]}
-QUESTION = [{"role": "system", "content": "You are a weather assistant."},
-            {"role": "user", "content": "What's the weather in Paris?"}]
 POLICY = {"kind": "policy", "engine": "native", "model": "builtin:tiny", "max_len": 1024, "max_batch": 4,
           "threads": 1}
 
-
-@pytest.fixture(scope="module")
-def tok() -> ChatTokenizer:
-    return ChatTokenizer.from_pretrained("builtin:tiny")
 
 
 @pytest.fixture(scope="module")
 def server():
     """One native policy server on builtin:tiny for the module (the model loads once)."""
-    threads = torch.get_num_threads()
-    policy = PolicyServer("policy", POLICY)
-    with TestClient(policy.build_app()) as client:
-        client.policy = policy
+    with native_policy(max_len=1024, max_batch=4) as client:
         yield client
-    torch.set_num_threads(threads)
 
 
 def chat(client: TestClient, messages: list, **body) -> dict:

@@ -11,32 +11,19 @@ import math
 import pytest
 from fastapi.testclient import TestClient
 
-from model.tokenizer import ChatTokenizer
-from servers.policy.server import PolicyServer
+from tests.servers.native_policy import QUESTION, native_policy
 
 torch = pytest.importorskip("torch")
 
-POLICY = {"kind": "policy", "engine": "native", "model": "builtin:tiny", "max_len": 256, "max_batch": 2,
-          "threads": 1}
-QUESTION = [{"role": "system", "content": "You are a weather assistant."},
-            {"role": "user", "content": "What's the weather in Paris?"}]
 TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 
 
-@pytest.fixture(scope="module")
-def tok() -> ChatTokenizer:
-    return ChatTokenizer.from_pretrained("builtin:tiny")
-
 
 @pytest.fixture(scope="module")
 def server():
-    threads = torch.get_num_threads()
-    policy = PolicyServer("policy", POLICY)
-    with TestClient(policy.build_app()) as client:
-        client.policy = policy
+    with native_policy(max_len=256, max_batch=2) as client:
         yield client
-    torch.set_num_threads(threads)
 
 
 def complete(client: TestClient, **body) -> dict:

@@ -11,9 +11,9 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi import Response as HTTPResponse
 
+from environments.weather.app import Weather
 from gym_core.client import get_client
 from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse
-from environments.weather.app import Weather
 from servers.agents.tool_calling import ToolCallingAgent, _set_cookie
 from servers.policy.engines.base import Engine, EngineConfig, EngineError
 from servers.policy.server import PolicyServer
