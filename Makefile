@@ -27,7 +27,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/client.py
-	$(BIN)/python benchmarks/engine.py
+	$(BIN)/python benchmarks/engine.py --threads 1
+	$(BIN)/python benchmarks/rollout_cpu.py --windows 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info
