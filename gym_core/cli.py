@@ -27,6 +27,7 @@ from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, close_client
 from gym_core.config import ConfigError
 from gym_core.launcher import LaunchError, format_table, launch
 from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, DataError, collect, count_rows, read_rows
+from rollout.resume import DEFAULT_MAX_ATTEMPTS
 
 REGISTRY_HELP = f"registry URL (default: ${REGISTRY_URL_ENV}, else {DEFAULT_REGISTRY_URL})"
 
@@ -103,6 +104,14 @@ def _add_rollout_parser(commands: Any) -> None:
     rollout.add_argument("--config", default=None, help="start the servers of this config, collect, stop them")
     rollout.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides (with --config)")
     rollout.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rollout.add_argument("--resume", action="store_true",
+                         help="skip rollouts already in --output and append to it; failed ones are retried")
+    rollout.add_argument("--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
+                         help=f"with --resume, attempts per rollout, failed ones included (default "
+                         f"{DEFAULT_MAX_ATTEMPTS})")
+    rollout.add_argument("--trajectories", type=Path, default=None,
+                         help="also write each successful rollout's training trajectory (token ids, mask, "
+                         "log-probs, reward) to this JSONL")
     rollout.set_defaults(handler=cmd_rollout)
 
 
@@ -207,7 +216,8 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
             agent_url = await get_client().url_of(args.agent)
             return await collect(agent_url, rows, args.output, agent_name=args.agent, num_repeats=args.num_repeats,
                                  concurrency=args.concurrency, timeout=args.timeout, total=total,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, resume=args.resume,
+                                 max_attempts=args.max_attempts, trajectories=args.trajectories)
         finally:
             await close_client()
 
@@ -220,7 +230,10 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
     print(f"mean reward: {summary.mean_reward:.4f} over {summary.count} rollouts -> {summary.output}")
     if summary.failures:
         print(f"{summary.failures} failed rollouts -> {summary.failures_output}", file=sys.stderr)
-    return 0 if summary.count else 1
+    if summary.trajectory_errors:
+        print(f"{summary.trajectory_errors} rollouts were not token-exact and have no trajectory (see the log)",
+              file=sys.stderr)
+    return 0 if summary.count or summary.resumed else 1
 
 
 def cmd_env_test(args: argparse.Namespace) -> int:

@@ -4,12 +4,19 @@ Rows are read lazily and at most `concurrency` rollouts exist at any time (a sem
 each task is created), so memory is bounded by what is in flight, not by the dataset. A rollout that fails
 (HTTP error, timeout, unreachable agent, a body without a reward, or an agent-reported `_ng_failure_class`)
 goes to the `<stem>_failures.jsonl` sidecar with its error; it never becomes a reward of 0.
-Both files are rewritten by each run (resume is not implemented yet), so no stale failures leak in.
+
+Without `resume` both files start empty (the sidecar too, so no stale attempts leak into a later resume). With
+`resume`, rollouts already in the output (keyed by `(_ng_task_index, _ng_rollout_index)`) are skipped, each
+sidecar row counts as a failed attempt, a rollout is retried until `max_attempts` (with `_ng_attempt_index`
+set), and both files are appended to (see rollout/resume.py). With `trajectories`, the training trajectory
+(rollout/trajectory.py) of each successful rollout is written to that JSONL as it completes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import sys
 import time
@@ -22,6 +29,10 @@ import orjson
 from tqdm import tqdm
 
 from gym_core.client import ServerError, get_client
+from rollout.resume import DEFAULT_MAX_ATTEMPTS, ResumeState, iter_jsonl, key_of, load_state, open_for_collection
+from rollout.trajectory import TrajectoryError, to_trajectory
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONCURRENCY = 32
 DEFAULT_TIMEOUT_S = 600.0
@@ -41,6 +52,10 @@ class CollectionSummary:
     elapsed_s: float
     output: Path
     failures_output: Path
+    resumed: int = 0
+    gave_up: int = 0
+    trajectory_errors: int = 0
+    trajectories_output: Path | None = None
 
     @property
     def mean_reward(self) -> float:
@@ -54,8 +69,9 @@ class CollectionSummary:
 
     def line(self) -> str:
         """One metrics line for logs and the terminal."""
+        resumed = f" resumed={self.resumed} gave_up={self.gave_up}" if self.resumed or self.gave_up else ""
         return (f"rollouts={self.count} mean_reward={self.mean_reward:.4f} failures={self.failures} "
-                f"rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s")
+                f"rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s{resumed}")
 
 
 def failures_path(output: Path) -> Path:
@@ -101,46 +117,86 @@ async def collect(
     timeout: float = DEFAULT_TIMEOUT_S,
     total: int | None = None,
     progress: bool = True,
+    resume: bool = False,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    trajectories: Path | None = None,
 ) -> CollectionSummary:
     """Run every row `num_repeats` times against the agent at `agent_url`; write results as they complete."""
-    if num_repeats < 1 or concurrency < 1 or timeout <= 0:
-        raise ValueError("num_repeats and concurrency must be >= 1 and timeout > 0")
+    if num_repeats < 1 or concurrency < 1 or timeout <= 0 or max_attempts < 1:
+        raise ValueError("num_repeats, concurrency and max_attempts must be >= 1 and timeout > 0")
     output.parent.mkdir(parents=True, exist_ok=True)
     sidecar = failures_path(output)
+    try:
+        state = load_state(output, sidecar) if resume else ResumeState()
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
     bar = tqdm(total=None if total is None else total * num_repeats, file=sys.stderr, disable=not progress,
                unit="rollout", dynamic_ncols=True)
-    with open(output, "wb") as out, open(sidecar, "wb") as failed, bar:
-        sink = _Sink(out, failed, bar)
-        slots = asyncio.Semaphore(concurrency)
-        running: set[asyncio.Task] = set()
+    with contextlib.ExitStack() as files, bar:
+        out = files.enter_context(open_for_collection(output, resume))
+        failed = files.enter_context(open_for_collection(sidecar, resume))
+        traj = files.enter_context(_open_trajectories(trajectories, output, resume)) if trajectories else None
+        sink = _Sink(out, failed, bar, traj)
         started = time.perf_counter()
-        try:
-            for row in _expand(rows, num_repeats, agent_name):
-                await slots.acquire()
-                task = asyncio.create_task(_run_one(agent_url, row, timeout, sink))
-                running.add(task)
-                task.add_done_callback(lambda t: (running.discard(t), slots.release()))
-            await asyncio.gather(*running)
-        finally:
-            for task in running:
-                task.cancel()
+        todo = _expand(rows, num_repeats, agent_name, state, max_attempts, sink)
+        await _dispatch(agent_url, todo, sink, concurrency, timeout)
     return CollectionSummary(sink.count, sink.failures, sink.reward_sum, time.perf_counter() - started,
-                             output, sidecar)
+                             output, sidecar, sink.resumed, state.exhausted(max_attempts), sink.trajectory_errors,
+                             trajectories)
 
 
-def _expand(rows: Iterable[dict[str, Any]], num_repeats: int, agent_name: str) -> Iterator[dict[str, Any]]:
-    """Each row `num_repeats` times in a row ("abc" -> "aabbcc"), stamped with its task and rollout index."""
+async def _dispatch(agent_url: str, rows: Iterator[dict[str, Any]], sink: _Sink, concurrency: int,
+                    timeout: float) -> None:
+    """At most `concurrency` rollouts in flight; a row is pulled only once a slot is free."""
+    slots = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task] = set()
+    try:
+        for row in rows:
+            await slots.acquire()
+            task = asyncio.create_task(_run_one(agent_url, row, timeout, sink))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), slots.release()))
+        await asyncio.gather(*running)
+    finally:
+        for task in running:
+            task.cancel()
+
+
+def _open_trajectories(path: Path, output: Path, resume: bool) -> BinaryIO:
+    """The trajectories file; when resuming, finished rollouts whose trajectory is missing get it first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file = open_for_collection(path, resume)
+    if resume:
+        written = {(t.get("task_index"), t.get("repeat_index")) for t in iter_jsonl(path)}
+        for row in iter_jsonl(output):
+            if key_of(row) not in written:
+                with contextlib.suppress(TrajectoryError):
+                    file.write(orjson.dumps(to_trajectory(row).to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+        file.flush()
+    return file
+
+
+def _expand(rows: Iterable[dict[str, Any]], num_repeats: int, agent_name: str, state: ResumeState,
+            max_attempts: int, sink: _Sink) -> Iterator[dict[str, Any]]:
+    """Each row `num_repeats` times in a row ("abc" -> "aabbcc"), stamped with its task and rollout index;
+    rollouts that need no new attempt (finished, terminal, out of attempts) are skipped."""
     agent_ref = {"type": "responses_api_agents", "name": agent_name}
     for position, row in enumerate(rows):
         task_index = row.get("_ng_task_index", position)
         for repeat in range(num_repeats):
+            key = (task_index, repeat)
+            if state.skip(key, max_attempts):
+                sink.skipped(key in state.done)
+                continue
+            attempt = {"_ng_attempt_index": state.attempts[key]} if state.attempts[key] else {}
             yield {**row, "agent_ref": row.get("agent_ref", agent_ref),
-                   "_ng_task_index": task_index, "_ng_rollout_index": repeat}
+                   "_ng_task_index": task_index, "_ng_rollout_index": repeat, **attempt}
 
 
 async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: _Sink) -> None:
     """One rollout; every failure mode ends in the sidecar with a typed error."""
-    stamps = {k: row[k] for k in ("_ng_task_index", "_ng_rollout_index", "agent_ref")}
+    stamps = {k: row[k] for k in ("_ng_task_index", "_ng_rollout_index", "agent_ref", "_ng_attempt_index")
+              if k in row}
     try:
         result = await get_client().post_json(agent_url, "/run", row, timeout=timeout)
     except ServerError as exc:
@@ -152,7 +208,8 @@ async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: _S
     reward = result.get("reward") if isinstance(result, dict) else None
     if isinstance(result, dict) and result.get("_ng_failure_class"):
         message = str(result.get("error") or "the agent reported a failure")
-        sink.failure({**stamps, "error": {"type": str(result["_ng_failure_class"]), "message": message}})
+        terminal = {"_ng_failure_terminal": True} if result.get("_ng_failure_terminal") else {}
+        sink.failure({**stamps, **terminal, "error": {"type": str(result["_ng_failure_class"]), "message": message}})
     elif isinstance(reward, bool) or not isinstance(reward, (int, float)):
         sink.failure({**stamps, "error": {"type": "invalid_response",
                                           "message": f"/run answered without a numeric `reward`: {str(result)[:300]}"}})
@@ -161,25 +218,46 @@ async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: _S
 
 
 class _Sink:
-    """Appends results to the output and the failure sidecar as they arrive, and keeps the running totals."""
+    """Appends results to the output, the failure sidecar and the trajectories as they arrive; keeps totals."""
 
-    def __init__(self, out: BinaryIO, failed: BinaryIO, bar: tqdm) -> None:
-        self.out, self.failed, self.bar = out, failed, bar
-        self.count = self.failures = 0
+    def __init__(self, out: BinaryIO, failed: BinaryIO, bar: tqdm, trajectories: BinaryIO | None = None) -> None:
+        self.out, self.failed, self.bar, self.trajectories = out, failed, bar, trajectories
+        self.count = self.failures = self.resumed = self.trajectory_errors = 0
         self.reward_sum = 0.0
 
     def success(self, row: dict[str, Any], reward: float) -> None:
+        """A finished rollout: its row, then (when asked for) its trajectory."""
         self.out.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
         self.out.flush()
+        self._trajectory(row)
         self.count += 1
         self.reward_sum += reward
         self._tick()
 
     def failure(self, row: dict[str, Any]) -> None:
+        """A failed attempt, to the sidecar."""
         self.failed.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
         self.failed.flush()
         self.failures += 1
         self._tick()
+
+    def skipped(self, finished: bool) -> None:
+        """A rollout not run again (resume): already finished, or given up on."""
+        self.resumed += finished
+        self.bar.update(1)
+
+    def _trajectory(self, row: dict[str, Any]) -> None:
+        """Write the rollout's trajectory; a rollout that is not token-exact stays in the output, unwritten here."""
+        if self.trajectories is None:
+            return
+        try:
+            trajectory = to_trajectory(row)
+        except TrajectoryError as exc:
+            self.trajectory_errors += 1
+            log.warning("rollout %s has no training trajectory: %s", key_of(row), exc)
+            return
+        self.trajectories.write(orjson.dumps(trajectory.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
+        self.trajectories.flush()
 
     def _tick(self) -> None:
         mean = self.reward_sum / self.count if self.count else math.nan

@@ -1,7 +1,9 @@
 """Test double: an agent whose /run answers from fields of the task row, and counts requests in flight.
 
 Row field `behaviour`: "ok" (default; reward = `reward_value`), "error" (HTTP 500), "slow" (sleeps 3 s, past
-the tests' rollout timeout), "no_reward" (a body without `reward`), "failure_class" (agent-reported failure).
+the tests' rollout timeout), "no_reward" (a body without `reward`), "failure_class" (agent-reported failure),
+"terminal" (a failure not to retry), "flaky" (HTTP 500 unless the row has `_ng_attempt_index`). Row field
+`delay`: seconds to wait first; `with_tokens`: the output carries one model call's token fields.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ class FakeAgentForTests(GymServer):
             stats["runs"] += 1
             stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
             try:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(row.get("delay", 0.01))
                 behaviour = row.get("behaviour", "ok")
-                if behaviour == "error":
+                if behaviour == "error" or (behaviour == "flaky" and "_ng_attempt_index" not in row):
                     return JSONResponse({"error": {"type": "boom", "message": "fake failure"}}, status_code=500)
                 if behaviour == "slow":
                     await asyncio.sleep(3)
@@ -40,7 +42,10 @@ class FakeAgentForTests(GymServer):
                     return {"response": {}}
                 if behaviour == "failure_class":
                     return {**row, "reward": 0.0, "_ng_failure_class": "transient", "error": "tool sandbox died"}
-                return {**row, "response": {"output": []}, "reward": float(row.get("reward_value", 1.0))}
+                if behaviour == "terminal":
+                    return {**row, "_ng_failure_class": "skipped", "_ng_failure_terminal": True, "error": "no"}
+                output = [_model_call(row)] if row.get("with_tokens") else []
+                return {**row, "response": {"output": output}, "reward": float(row.get("reward_value", 1.0))}
             finally:
                 stats["in_flight"] -= 1
 
@@ -52,3 +57,10 @@ class FakeAgentForTests(GymServer):
         async def reset_stats() -> dict:
             stats.update(max_in_flight=stats["in_flight"], runs=0)
             return stats
+
+
+def _model_call(row: dict[str, Any]) -> dict[str, Any]:
+    """A message item with token fields: prompt [1, task index], generation [rollout index, 2]."""
+    return {"type": "message", "role": "assistant", "content": [],
+            "prompt_token_ids": [1, row["_ng_task_index"]], "generation_token_ids": [row["_ng_rollout_index"], 2],
+            "generation_log_probs": [-0.5, -0.25]}
