@@ -11,34 +11,18 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gym_core.cli import main as gym
-from gym_core.client import REGISTRY_URL_ENV, close_client
-from gym_core.config import load_config
-from gym_core.launcher import Stack, launch
+from gym_core.client import close_client
+from gym_core.launcher import Stack
 from rollout.collect import DataError, collect, failures_path
 from rollout.resume import load_state, trim_partial_line
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-FAKE_AGENT = {"kind": "agent", "entrypoint": "fake_agent:FakeAgentForTests"}
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
-        with launch(load_config({"servers": {"fake": FAKE_AGENT}}), echo_logs=False) as running:
-            yield running
-
-
-@pytest.fixture
-def registry_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(REGISTRY_URL_ENV, raising=False)
 
 
 def row(**fields: object) -> dict:
