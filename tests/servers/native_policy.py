@@ -28,3 +28,16 @@ def native_policy(**config: Any) -> Iterator[TestClient]:
             yield client
     finally:
         torch.set_num_threads(threads)
+
+
+def record_results(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Make the server's generator also append each `GenerationResult` it returns to the list returned here."""
+    runner, results = client.policy.engine._runner, []
+    submit = runner.submit
+
+    async def recording_submit(request: Any) -> Any:
+        results.append(await submit(request))
+        return results[-1]
+
+    monkeypatch.setattr(runner, "submit", recording_submit)
+    return results

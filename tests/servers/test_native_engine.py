@@ -23,7 +23,7 @@ from model.tokenizer import ChatTokenizer, parse_generation
 from servers.policy.engines.base import EngineError
 from servers.policy.engines.native import NativeConfig, NativeEngine
 from servers.policy.server import PolicyServer
-from tests.servers.native_policy import QUESTION, native_policy
+from tests.servers.native_policy import QUESTION, native_policy, record_results
 
 torch = pytest.importorskip("torch")
 
@@ -59,14 +59,7 @@ def generated_text(tok: ChatTokenizer, ids: list[int]) -> str:
 
 
 def test_completion_shape_and_token_fields_are_what_the_model_saw_and_wrote(server, tok, monkeypatch):
-    runner, results = server.policy.engine._runner, []
-    submit = runner.submit
-
-    async def recording_submit(request):
-        results.append(await submit(request))
-        return results[-1]
-
-    monkeypatch.setattr(runner, "submit", recording_submit)
+    results = record_results(server, monkeypatch)
     body = chat(server, QUESTION, tools=[CHAT_TOOL], max_tokens=24, seed=3)
     assert body["object"] == "chat.completion" and body["model"] == "builtin:tiny"
     [choice] = body["choices"]

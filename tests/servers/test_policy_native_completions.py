@@ -11,7 +11,7 @@ import math
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.servers.native_policy import QUESTION, native_policy
+from tests.servers.native_policy import QUESTION, native_policy, record_results
 
 torch = pytest.importorskip("torch")
 
@@ -33,14 +33,7 @@ def complete(client: TestClient, **body) -> dict:
 
 
 def test_text_and_token_id_prompts_are_the_same_request(server, tok, monkeypatch):
-    runner, results = server.policy.engine._runner, []
-    submit = runner.submit
-
-    async def recording_submit(request):
-        results.append(await submit(request))
-        return results[-1]
-
-    monkeypatch.setattr(runner, "submit", recording_submit)
+    results = record_results(server, monkeypatch)
     prompt = "The weather in Paris is"
     body = complete(server, prompt=prompt, max_tokens=6, seed=5, logprobs=0, ignore_eos=True)
     assert body["object"] == "text_completion" and body["model"] == "builtin:tiny"
