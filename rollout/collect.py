@@ -1,4 +1,5 @@
 """A first simple collector: POST task rows to an agent's /run, stream every rollout to JSONL as it completes.
+(`collect_in_memory` is the same machinery without files, for a trainer collecting in-process.)
 
 Rows are read lazily and at most `concurrency` rollouts exist at any time (a semaphore is taken *before*
 each task is created), so memory is bounded by what is in flight, not by the dataset. A rollout that fails
@@ -23,7 +24,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import orjson
 from tqdm import tqdm
@@ -145,7 +146,46 @@ async def collect(
                              trajectories)
 
 
-async def _dispatch(agent_url: str, rows: Iterator[dict[str, Any]], sink: _Sink, concurrency: int,
+class Sink(Protocol):
+    """Where results go as they complete: files (`collect`) or memory (`collect_in_memory`)."""
+
+    def success(self, row: dict[str, Any], reward: float) -> None: ...
+    def failure(self, row: dict[str, Any]) -> None: ...
+    def skipped(self, finished: bool) -> None: ...
+
+
+class MemorySink:
+    """Keeps results and failed attempts in memory, for a trainer collecting in-process."""
+
+    def __init__(self) -> None:
+        self.results: list[dict[str, Any]] = []
+        self.failed: list[dict[str, Any]] = []
+
+    def success(self, row: dict[str, Any], reward: float) -> None:
+        """A finished rollout (its row, stamped with task and rollout index)."""
+        self.results.append(row)
+
+    def failure(self, row: dict[str, Any]) -> None:
+        """A failed attempt, with its typed error."""
+        self.failed.append(row)
+
+    def skipped(self, finished: bool) -> None:
+        """Nothing is skipped without resume."""
+
+
+async def collect_in_memory(agent_url: str, rows: Iterable[dict[str, Any]], *, agent_name: str,
+                            num_repeats: int = 1, concurrency: int = DEFAULT_CONCURRENCY,
+                            timeout: float = DEFAULT_TIMEOUT_S) -> MemorySink:
+    """`collect` without files or resume: every row `num_repeats` times, results kept in completion order."""
+    if num_repeats < 1 or concurrency < 1 or timeout <= 0:
+        raise ValueError("num_repeats and concurrency must be >= 1 and timeout > 0")
+    sink = MemorySink()
+    todo = _expand(rows, num_repeats, agent_name, ResumeState(), 1, sink)
+    await _dispatch(agent_url, todo, sink, concurrency, timeout)
+    return sink
+
+
+async def _dispatch(agent_url: str, rows: Iterator[dict[str, Any]], sink: Sink, concurrency: int,
                     timeout: float) -> None:
     """At most `concurrency` rollouts in flight; a row is pulled only once a slot is free."""
     slots = asyncio.Semaphore(concurrency)
@@ -177,7 +217,7 @@ def _open_trajectories(path: Path, output: Path, resume: bool) -> BinaryIO:
 
 
 def _expand(rows: Iterable[dict[str, Any]], num_repeats: int, agent_name: str, state: ResumeState,
-            max_attempts: int, sink: _Sink) -> Iterator[dict[str, Any]]:
+            max_attempts: int, sink: Sink) -> Iterator[dict[str, Any]]:
     """Each row `num_repeats` times in a row ("abc" -> "aabbcc"), stamped with its task and rollout index;
     rollouts that need no new attempt (finished, terminal, out of attempts) are skipped."""
     agent_ref = {"type": "responses_api_agents", "name": agent_name}
@@ -193,7 +233,7 @@ def _expand(rows: Iterable[dict[str, Any]], num_repeats: int, agent_name: str, s
                    "_ng_task_index": task_index, "_ng_rollout_index": repeat, **attempt}
 
 
-async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: _Sink) -> None:
+async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: Sink) -> None:
     """One rollout; every failure mode ends in the sidecar with a typed error."""
     stamps = {k: row[k] for k in ("_ng_task_index", "_ng_rollout_index", "agent_ref", "_ng_attempt_index")
               if k in row}
