@@ -1,0 +1,1 @@
+"""The counter environment: the smallest whole environment (one tool, one reward rule)."""
