@@ -1,0 +1,1 @@
+"""The math environment: single-turn questions graded by their final answer."""
