@@ -79,7 +79,7 @@ def to_trajectory(result: dict[str, Any]) -> Trajectory:
             seen = prompt_ids + completion_ids
             prompt = call["prompt_token_ids"]
             if prompt[:len(seen)] != seen:
-                raise TrajectoryError(_mismatch(number, call, seen))
+                raise TrajectoryError(describe_mismatch(number, call, seen))
             added = list(prompt[len(seen):])
             completion_ids += added
             mask += [0] * len(added)
@@ -93,7 +93,7 @@ def to_trajectory(result: dict[str, Any]) -> Trajectory:
                       task, repeat, len(calls))
 
 
-def _mismatch(number: int, call: dict[str, Any], seen: list[int]) -> str:
+def describe_mismatch(number: int, call: dict[str, Any], seen: list[int]) -> str:
     """Where model call `number`'s prompt stops extending the previous prompt + generation."""
     prompt = call["prompt_token_ids"]
     at = next((i for i, (a, b) in enumerate(zip(seen, prompt)) if a != b), min(len(seen), len(prompt)))

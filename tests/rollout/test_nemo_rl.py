@@ -1,0 +1,270 @@
+"""The NeMo RL adapter against the contract in /work/shared/trainer_contracts.md §2 (NeMo RL is not installed):
+message_log fields of hand-built results, each documented pitfall, and in-process collection from the fake agent."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+
+from gym_core.client import REGISTRY_URL_ENV, close_client
+from gym_core.launcher import Stack
+from rollout.nemo_rl import (
+    RolloutsFailed,
+    collect_batch,
+    collect_results,
+    flag_messages,
+    prepare_rows,
+    to_message_log,
+    to_nemo_rl_groups,
+    to_nemo_rl_sample,
+)
+from rollout.trajectory import TrajectoryError, to_trajectory
+
+
+def episode(second_prompt: list[int] | None = None, reward: float = 1.0, task: int = 3, repeat: int = 1,
+            agent: str = "agent", **extra: object) -> dict:
+    """A tool call (prompt 1..4, generates 10 11), its output, then the final answer (generates 20 21 2)."""
+    return {
+        "_ng_task_index": task, "_ng_rollout_index": repeat, "_rowidx": 0, "reward": reward,
+        "agent_ref": {"type": "responses_api_agents", "name": agent},
+        "responses_create_params": {"input": [{"role": "user", "content": "weather?"}]},
+        "response": {"status": "completed", "output": [
+            {"type": "reasoning", "summary": []},
+            {"type": "function_call", "name": "get_weather", "arguments": "{}", "call_id": "c1",
+             "prompt_token_ids": [1, 2, 3, 4], "generation_token_ids": [10, 11],
+             "generation_log_probs": [-0.5, -0.25]},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {"type": "message", "role": "assistant", "content": [],
+             "prompt_token_ids": second_prompt or [1, 2, 3, 4, 10, 11, 7, 8, 9],
+             "generation_token_ids": [20, 21, 2], "generation_log_probs": [-1.0, -2.0, -0.125]},
+        ]},
+        **extra,
+    }
+
+
+def item(result: dict, index: int) -> dict:
+    return result["response"]["output"][index]
+
+
+# --- the format (contract §2.3) -------------------------------------------------------------------------------
+
+def test_message_log_alternates_user_deltas_and_assistant_generations() -> None:
+    log = to_message_log(episode())
+    assert log == [
+        {"role": "user", "content": "", "token_ids": [1, 2, 3, 4]},
+        {"role": "assistant", "content": "", "token_ids": [10, 11], "generation_logprobs": [-0.5, -0.25],
+         "is_invalid_tool_call": False, "has_malformed_thinking": False},
+        {"role": "user", "content": "", "token_ids": [7, 8, 9]},
+        {"role": "assistant", "content": "", "token_ids": [20, 21, 2], "generation_logprobs": [-1.0, -2.0, -0.125],
+         "is_invalid_tool_call": False, "has_malformed_thinking": False},
+    ]
+
+
+def test_message_log_agrees_with_the_trl_trajectory() -> None:
+    result = episode()
+    log, t = to_message_log(result), to_trajectory(result)
+    assert [i for m in log for i in m["token_ids"]] == t.prompt_ids + t.completion_ids
+    mask = [int(m["role"] == "assistant") for m in log for _ in m["token_ids"]]
+    assert mask == [0] * len(t.prompt_ids) + t.completion_mask
+    assert [p for m in log for p in m.get("generation_logprobs", [])] == [
+        p for p, m in zip(t.logprobs, t.completion_mask) if m]
+
+
+def test_sample_carries_every_field_the_grpo_loop_reads() -> None:
+    result = episode(reward=0.75, reward_components={"correct": 0.5, "format": 0.25},
+                     instance_config={"mask_sample": True})
+    sample = to_nemo_rl_sample(result)
+    assert sample["agent_ref"] == {"type": "responses_api_agents", "name": "agent"}
+    assert sample["message_log"] == to_message_log(result)
+    assert sample["input_message_log"] == [sample["message_log"][0]]
+    assert sample["length"] == 4 + 2 + 3 + 3
+    assert sample["loss_multiplier"] == 1.0
+    assert sample["total_reward"] == 0.75
+    assert (sample["reward/correct"], sample["reward/format"]) == (0.5, 0.25)
+    assert sample["truncated"] is False and sample["mask_sample"] is True
+    assert sample["full_result"] is result
+    plain = to_nemo_rl_sample(episode())
+    assert "mask_sample" not in plain and not any(k.startswith("reward/") for k in plain)
+
+
+def test_truncated_is_read_from_the_responses_status() -> None:
+    result = episode()
+    result["response"].update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})
+    assert to_nemo_rl_sample(result)["truncated"] is True
+
+
+def test_tensors_have_nemo_rl_dtypes() -> None:
+    torch = pytest.importorskip("torch")
+    log = to_message_log(episode(second_prompt=[1, 2, 3, 4, 10, 11]), as_tensors=True)
+    assert [m["token_ids"].dtype for m in log] == [torch.int64] * 4
+    assert log[2]["token_ids"].numel() == 0  # an empty user delta is still a message (NeMo RL appends it)
+    assert log[3]["generation_logprobs"].dtype == torch.float32
+    assert log[3]["generation_logprobs"].tolist() == [-1.0, -2.0, -0.125]
+
+
+def test_groups_are_per_task_in_repeat_order_whatever_the_completion_order() -> None:
+    results = [episode(task=t, repeat=r, reward=float(r)) for t in (0, 1) for r in range(3)]
+    random.Random(0).shuffle(results)  # Gym yields rollouts as they complete, out of order
+    groups = to_nemo_rl_groups(results, num_generations=3)
+    assert [[s["full_result"]["_ng_task_index"] for s in g] for g in groups] in ([[0] * 3, [1] * 3],
+                                                                                 [[1] * 3, [0] * 3])
+    assert all([s["total_reward"] for s in g] == [0.0, 1.0, 2.0] for g in groups)
+
+
+def test_flags_from_decoded_text() -> None:
+    log = to_message_log(episode())
+    flag_messages(log, ["<think>a</think><tool_call>{bad", "<think>x"], invalid_tool_call_patterns=["{bad"],
+                  thinking_tags=("<think>", "</think>"))
+    assistants = [m for m in log if m["role"] == "assistant"]
+    assert [(m["is_invalid_tool_call"], m["has_malformed_thinking"]) for m in assistants] == [
+        (True, False), (False, True)]
+    with pytest.raises(ValueError, match="1 texts for 2"):
+        flag_messages(log, ["x"])
+
+
+# --- rows out (contract §2.2) ---------------------------------------------------------------------------------
+
+def test_prepare_rows_applies_trainer_sampling_and_tolerates_gym_keys() -> None:
+    rows = [{"responses_create_params": {"input": "a", "max_output_tokens": 4096, "temperature": 0.0},
+             "agent_ref": {"type": "responses_api_agents", "name": "x"}, "_ng_task_index": 7, "ground_truth": 1},
+            {"responses_create_params": {"input": "b"}}]
+    prepared = prepare_rows(rows, temperature=1.0, top_p=1.0, max_new_tokens=512)
+    assert [r["responses_create_params"]["max_output_tokens"] for r in prepared] == [512, 512]
+    assert all(r["responses_create_params"]["temperature"] == 1.0 for r in prepared)
+    assert all(r["responses_create_params"]["top_p"] == 1.0 for r in prepared)
+    assert [r["_rowidx"] for r in prepared] == [0, 1]
+    assert prepared[0]["_ng_task_index"] == 7 and prepared[0]["ground_truth"] == 1
+    assert rows[0]["responses_create_params"]["temperature"] == 0.0  # the caller's rows are untouched
+    small = prepare_rows([{"responses_create_params": {"max_output_tokens": 8}}], temperature=1.0, top_p=0.9,
+                         max_new_tokens=512)
+    assert small[0]["responses_create_params"]["max_output_tokens"] == 8
+
+
+@pytest.mark.parametrize("params, temperature, match", [
+    ({"top_k": 20}, 1.0, "top_k"), ({"stop": ["\n"]}, 1.0, "stop"), ({}, 0.0, "greedy")])
+def test_prepare_rows_refuses_what_nemo_rl_asserts_against(params: dict, temperature: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        prepare_rows([{"responses_create_params": params}], temperature=temperature, top_p=1.0, max_new_tokens=8)
+
+
+# --- pitfalls (contract §4) -----------------------------------------------------------------------------------
+
+def test_retokenized_prefix_is_an_error() -> None:  # `_Ski`+`nny` re-encoded as `_Skinny`
+    with pytest.raises(TrajectoryError, match=r"Non-contiguous.*model call 2.*first difference at position 4"):
+        to_message_log(episode(second_prompt=[1, 2, 3, 4, 12, 7, 8]))
+
+
+def test_reasoning_stripped_history_is_an_error() -> None:  # template drops the earlier generation (Qwen3 <think>)
+    with pytest.raises(TrajectoryError, match="Non-contiguous"):
+        to_message_log(episode(second_prompt=[1, 2, 3, 4, 11, 7, 8, 9]))
+    with pytest.raises(TrajectoryError, match="Non-contiguous"):  # truncated history: shorter than what was seen
+        to_message_log(episode(second_prompt=[1, 2, 3]))
+
+
+def test_fabricated_assistant_turn_breaks_contiguity() -> None:  # Gym PR #2254: `[0]` ids on a made-up turn
+    result = episode()
+    result["response"]["output"].insert(3, {"type": "message", "role": "assistant", "prompt_token_ids": [0],
+                                            "generation_token_ids": [0], "generation_log_probs": [0.0]})
+    with pytest.raises(TrajectoryError, match="Non-contiguous"):
+        to_message_log(result)
+
+
+def test_empty_generation_is_skipped_like_nemo_rl_and_no_generation_is_an_error() -> None:
+    result = episode()
+    item(result, 1)["generation_token_ids"], item(result, 1)["generation_log_probs"] = [], []
+    item(result, 3)["prompt_token_ids"] = [1, 2, 3, 4, 7, 8, 9]
+    log = to_message_log(result)
+    assert [m["token_ids"] for m in log] == [[1, 2, 3, 4, 7, 8, 9], [20, 21, 2]]
+    item(result, 3)["generation_token_ids"], item(result, 3)["generation_log_probs"] = [], []
+    with pytest.raises(TrajectoryError, match="no generation data"):  # NeMo RL PR #2918
+        to_message_log(result)
+
+
+def test_dropped_token_fields_are_errors_not_a_zero_mask() -> None:
+    result = episode()
+    item(result, 3)["generation_log_probs"] = None  # Gym PR #1612: `top_logprobs: null` -> no log-probs
+    with pytest.raises(TrajectoryError, match="generation_log_probs"):
+        to_message_log(result)
+    result = episode()
+    for index in (1, 3):  # Gym PR #1545 / policy server not returning ids: nothing to train on
+        for key in ("prompt_token_ids", "generation_token_ids", "generation_log_probs"):
+            del item(result, index)[key]
+    with pytest.raises(TrajectoryError, match="no output item carries token ids"):
+        to_message_log(result)
+
+
+def test_nan_logprobs_are_an_error() -> None:
+    result = episode()
+    item(result, 3)["generation_log_probs"] = [-1.0, math.nan, -0.1]
+    with pytest.raises(TrajectoryError, match="NaN"):
+        to_message_log(result)
+
+
+def test_reward_must_equal_the_sum_of_its_components() -> None:
+    with pytest.raises(ValueError, match=r"sum\(reward_components\)"):
+        to_nemo_rl_sample(episode(reward=1.0, reward_components={"a": 0.5, "b": 0.25}))
+    with pytest.raises(TrajectoryError, match="numeric `reward`"):  # a failed rollout is never a reward of 0
+        to_nemo_rl_sample({**episode(), "reward": None})
+
+
+def test_groups_need_num_generations_samples_of_one_agent() -> None:
+    results = [episode(task=0, repeat=r) for r in range(2)]
+    with pytest.raises(ValueError, match="divisible"):
+        to_nemo_rl_groups(results[:1], num_generations=2)
+    with pytest.raises(ValueError, match="task 0: 1 samples"):
+        to_nemo_rl_groups([results[0], episode(task=1, repeat=0)], num_generations=2)
+    with pytest.raises(ValueError, match="2 agent"):
+        to_nemo_rl_groups([results[0], episode(task=0, repeat=1, agent="other")], num_generations=2)
+    assert len(to_nemo_rl_groups(copy.deepcopy(results), num_generations=2)) == 1
+
+
+# --- in-process collection against the fake agent ---------------------------------------------------------
+
+def rows(n: int, **fields: object) -> list[dict]:
+    return [{"responses_create_params": {"input": f"q{i}"}, "with_tokens": True, "reward_value": i / 10,
+             **fields} for i in range(n)]
+
+
+async def test_collect_batch_returns_trajectories_in_input_order(stack: Stack) -> None:
+    try:
+        trajectories = await collect_batch(stack.url("fake"), rows(4), num_repeats=3, concurrency=5, timeout=10)
+    finally:
+        await close_client()
+    assert [(t.task_index, t.repeat_index) for t in trajectories] == [(i, k) for i in range(4) for k in range(3)]
+    for t in trajectories:  # fake agent: prompt [1, task], generation [repeat, 2]
+        assert (t.prompt_ids, t.completion_ids, t.completion_mask) == ([1, t.task_index], [t.repeat_index, 2], [1, 1])
+        assert t.logprobs == [-0.5, -0.25] and t.reward == t.task_index / 10
+
+
+async def test_collect_by_registered_name_then_nemo_rl_groups(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(REGISTRY_URL_ENV, stack.registry_url)
+    await close_client()  # the next client reads the registry URL from the environment
+    try:
+        batch = await collect_results("fake", prepare_rows(rows(3), temperature=1.0, top_p=1.0, max_new_tokens=64),
+                                      num_repeats=2, concurrency=4, timeout=10)
+    finally:
+        await close_client()
+    assert not batch.failed and len(batch.results) == 6
+    groups = to_nemo_rl_groups(batch.results, num_generations=2)
+    assert [[s["agent_ref"]["name"] for s in g] for g in groups] == [["fake"] * 2] * 3
+    for task, group in enumerate(groups):
+        assert [s["message_log"][0]["token_ids"] for s in group] == [[1, task]] * 2
+        assert [s["message_log"][1]["token_ids"] for s in group] == [[0, 2], [1, 2]]
+        assert all(s["total_reward"] == task / 10 and s["length"] == 4 for s in group)
+        assert all(s["full_result"]["_rowidx"] == task for s in group)
+
+
+async def test_failed_and_tokenless_rollouts_raise_unless_allowed(stack: Stack) -> None:
+    batch = rows(2) + [{"responses_create_params": {"input": "x"}, "behaviour": "error"},
+                       {"responses_create_params": {"input": "y"}}]  # no token fields: no trajectory
+    try:
+        with pytest.raises(RolloutsFailed, match="2 rollout") as failure:
+            await collect_batch(stack.url("fake"), batch, concurrency=4, timeout=10)
+        kept = await collect_batch(stack.url("fake"), batch, concurrency=4, timeout=10, allow_failures=True)
+    finally:
+        await close_client()
+    assert {f["error"]["type"] for f in failure.value.failed} == {"http_error", "TrajectoryError"}
+    assert [t.task_index for t in kept] == [0, 1]
