@@ -28,7 +28,7 @@ def answer_region(text: str) -> str:
         text = tail
     elif "<think>" in text:  # reasoning that never finished: no answer was given
         return ""
-    return text[-MAX_SCAN_CHARS:]
+    return text.rstrip()[-MAX_SCAN_CHARS:]
 
 
 def last_boxed(text: str) -> str | None:

@@ -1,0 +1,1 @@
+"""The mcqa environment: multiple-choice questions graded by the chosen option letter."""
