@@ -13,17 +13,19 @@ NeMo RL itself is not installed here, so the tests check this module against tha
 - `to_nemo_rl_sample` / `to_nemo_rl_groups` add the per-sample batch fields (`agent_ref`, `message_log`,
   `length`, `loss_multiplier`, `total_reward`, `truncated`, `mask_sample`, `reward/<name>`), checking
   `reward == sum(reward_components)` and one agent and `num_generations` samples per group.
-- `collect_results` / `collect_batch` run rows against an agent with rollout.collect's machinery.
+- `collect_results` / `collect_batch` (and `collect_batch_sync`, for TRL's synchronous `rollout_func`) run
+  rows against an agent with rollout.collect's machinery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from gym_core.client import get_client
+from gym_core.client import close_client, get_client
 from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, collect_in_memory
 from rollout.resume import key_of
 from rollout.trajectory import (
@@ -220,3 +222,14 @@ async def collect_batch(agent: str, rows: Iterable[dict[str, Any]], *, num_repea
     if failed and not allow_failures:
         raise RolloutsFailed(failed)
     return trajectories
+
+
+def collect_batch_sync(agent: str, rows: Iterable[dict[str, Any]], **options: Any) -> list[Trajectory]:
+    """`collect_batch` from synchronous code (TRL's `rollout_func`): a private event loop, its client closed."""
+    async def run() -> list[Trajectory]:
+        try:
+            return await collect_batch(agent, rows, **options)
+        finally:
+            await close_client()
+
+    return asyncio.run(run())

@@ -14,6 +14,7 @@ from gym_core.launcher import Stack
 from rollout.nemo_rl import (
     RolloutsFailed,
     collect_batch,
+    collect_batch_sync,
     collect_results,
     flag_messages,
     prepare_rows,
@@ -21,7 +22,7 @@ from rollout.nemo_rl import (
     to_nemo_rl_groups,
     to_nemo_rl_sample,
 )
-from rollout.trajectory import TrajectoryError, to_trajectory
+from rollout.trajectory import TrajectoryError, to_trajectory, trl_rollout_batch
 
 
 def episode(second_prompt: list[int] | None = None, reward: float = 1.0, task: int = 3, repeat: int = 1,
@@ -268,3 +269,11 @@ async def test_failed_and_tokenless_rollouts_raise_unless_allowed(stack: Stack) 
         await close_client()
     assert {f["error"]["type"] for f in failure.value.failed} == {"http_error", "TrajectoryError"}
     assert [t.task_index for t in kept] == [0, 1]
+
+
+def test_sync_collection_feeds_trl_one_row_per_received_prompt(stack: Stack) -> None:
+    prompts = [p for p in rows(2) for _ in range(2)]  # TRL repeats each prompt num_generations times itself
+    for _ in range(2):  # each call has its own event loop and client
+        batch = trl_rollout_batch(collect_batch_sync(stack.url("fake"), prompts, num_repeats=1, timeout=10))
+        assert batch["prompt_ids"] == [[1, 0], [1, 1], [1, 2], [1, 3]]
+        assert batch["env_mask"] == [[1, 1]] * 4 and batch["env_reward"] == [0.0, 0.0, 0.1, 0.1]
