@@ -62,7 +62,10 @@ class CollectedBatch:
 
 def prepare_rows(rows: Iterable[dict[str, Any]], *, temperature: float, top_p: float,
                  max_new_tokens: int) -> list[dict[str, Any]]:
-    """Gym rows as NeMo RL sends them: trainer sampling params, clamped max tokens, `_rowidx`; checked."""
+    """Gym rows as NeMo RL sends them: trainer sampling params, clamped max tokens, `_rowidx`; checked.
+
+    `_rowidx` numbers the rows given (NeMo RL numbers its already-repeated rows; it keeps its own copy, so an
+    agent only has to tolerate the key)."""
     if temperature <= 0:
         raise ValueError("NeMo RL asserts sampling, not greedy decoding: temperature must be > 0")
     prepared = []
@@ -182,7 +185,7 @@ def to_nemo_rl_groups(results: Sequence[dict[str, Any]], num_generations: int, *
     for result in results:
         groups.setdefault(result.get("_ng_task_index"), []).append(result)
     out = []
-    for task, members in groups.items():
+    for task, members in sorted(groups.items(), key=lambda pair: _order(pair[0])):
         agents = {str(r.get("agent_ref")) for r in members}
         if len(members) != num_generations or len(agents) != 1:
             raise ValueError(f"task {task}: {len(members)} samples from {len(agents)} agent(s); a NeMo RL group "
@@ -190,6 +193,11 @@ def to_nemo_rl_groups(results: Sequence[dict[str, Any]], num_generations: int, *
         members.sort(key=lambda r: r.get("_ng_rollout_index") or 0)
         out.append([to_nemo_rl_sample(r, as_tensors=as_tensors) for r in members])
     return out
+
+
+def _order(task: Any) -> tuple[int, Any]:
+    """Groups in task order (NeMo RL puts results back in row order), numbers before anything else."""
+    return (0, task) if isinstance(task, int) else (1, str(task))
 
 
 # --- in-process collection --------------------------------------------------------------------------------------
