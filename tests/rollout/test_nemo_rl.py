@@ -3,14 +3,17 @@ message_log fields of hand-built results, each documented pitfall, and in-proces
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import math
 import random
+from pathlib import Path
 
 import pytest
 
 from gym_core.client import REGISTRY_URL_ENV, close_client
-from gym_core.launcher import Stack
+from gym_core.launcher import Stack, launch
+from rollout.collect import read_rows
 from rollout.nemo_rl import (
     RolloutsFailed,
     collect_batch,
@@ -44,6 +47,9 @@ def episode(second_prompt: list[int] | None = None, reward: float = 1.0, task: i
         ]},
         **extra,
     }
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def item(result: dict, index: int) -> dict:
@@ -89,6 +95,13 @@ def test_sample_carries_every_field_the_grpo_loop_reads() -> None:
     assert sample["full_result"] is result
     plain = to_nemo_rl_sample(episode())
     assert "mask_sample" not in plain and not any(k.startswith("reward/") for k in plain)
+
+
+def test_the_result_is_not_modified() -> None:  # NeMo RL pops the token fields; we keep them for other users
+    result = episode()
+    before = copy.deepcopy(result)
+    to_nemo_rl_sample(result)
+    assert result == before
 
 
 def test_truncated_is_read_from_the_responses_status() -> None:
@@ -277,3 +290,33 @@ def test_sync_collection_feeds_trl_one_row_per_received_prompt(stack: Stack) -> 
         batch = trl_rollout_batch(collect_batch_sync(stack.url("fake"), prompts, num_repeats=1, timeout=10))
         assert batch["prompt_ids"] == [[1, 0], [1, 1], [1, 2], [1, 3]]
         assert batch["env_mask"] == [[1, 1]] * 4 and batch["env_reward"] == [0.0, 0.0, 0.1, 0.1]
+
+
+@pytest.mark.timeout(90)
+def test_native_engine_rollouts_become_nemo_rl_groups() -> None:
+    """Real ids from the native policy server (builtin:tiny) through the weather agent, collected in-process."""
+    from model.tokenizer import ChatTokenizer
+
+    tasks = prepare_rows(read_rows(ROOT / "environments" / "weather" / "data" / "example.jsonl", limit=2),
+                         temperature=1.0, top_p=1.0, max_new_tokens=24)
+
+    async def run(url: str) -> list[dict]:
+        try:
+            return (await collect_results(url, tasks, num_repeats=2, concurrency=4, timeout=60,
+                                          agent_name="agent")).results
+        finally:
+            await close_client()
+
+    with launch(ROOT / "examples" / "native.yaml", registry_port=0, echo_logs=False) as stack:
+        results = asyncio.run(run(stack.url("agent")))
+    tokenizer = ChatTokenizer.from_pretrained("builtin:tiny")
+    groups = to_nemo_rl_groups(results, num_generations=2)
+    assert len(groups) == 2
+    for group in groups:
+        for sample in group:
+            t = to_trajectory(sample["full_result"])
+            ids = [i for m in sample["message_log"] for i in m["token_ids"]]
+            assert ids == t.prompt_ids + t.completion_ids and sample["length"] == len(ids)
+            assert sample["total_reward"] == t.reward
+            first = tokenizer.decode(sample["input_message_log"][0]["token_ids"])
+            assert sample["full_result"]["responses_create_params"]["input"][-1]["content"] in first
