@@ -1,12 +1,13 @@
 """The Python steps of scripts/device_check.sh (GPU check on a lent machine); each also runs on a CPU.
 
-    python scripts/device_check.py env                                  # versions, as JSON
-    python scripts/device_check.py bench --out DIR [--quick]             # engine decode tok/s, eager vs compile=True
-    python scripts/device_check.py build-vllm-model --out DIR            # a random checkpoint vLLM can load
-    python scripts/device_check.py compare --base-url URL --served-name NAME --model DIR --out FILE
-    python scripts/device_check.py rollouts --base-url URL --served-name NAME --out FILE
-    python scripts/device_check.py standin --out DIR                     # compare + rollouts against our own
-                                                                         # native policy server as the upstream
+    python scripts/device_check.py env [--out FILE]                 # versions, as JSON
+    python scripts/device_check.py bench [--quick] [--out FILE]     # engine decode tok/s, eager vs compile=True
+    python scripts/device_check.py build-vllm-model --out-dir DIR   # a random checkpoint vLLM can load
+    python scripts/device_check.py compare --base-url URL --served-name NAME --model DIR [--out FILE]
+    python scripts/device_check.py rollouts --base-url URL --served-name NAME [--out FILE]
+    python scripts/device_check.py serve-standin --model DIR --port P --served-name NAME
+        # our native policy server on a port: the stand-in for `vllm serve` in the dry run
+    python scripts/device_check.py standin --out-dir DIR            # build + stand-in + compare + rollouts, in one
 
 `compare` asks an OpenAI-compatible upstream (vLLM, or our policy server) for greedy continuations of a few
 token-id prompts with the sampled tokens' log-probs, and checks them against our model on the same weights:
@@ -242,16 +243,21 @@ def cmd_compare(args: argparse.Namespace) -> None:
                 worst = max(worst, float(diff.max()))
             rows.append(row)
     fp32_rows = [r for r in rows if r["dtype"] == "float32"]
+    ok = worst < args.tolerance and all(r["upstream_token_is_our_argmax"] >= 0.9 for r in fp32_rows)
     emit({"base_url": args.base_url, "model": str(args.model), "device": device, "max_tokens": n,
           "max_abs_logprob_diff": round(worst, 5),
           "greedy_equal_fp32": sum(r["greedy_equal"] for r in fp32_rows), "prompts": len(prompts),
-          "ok": worst < args.tolerance and all(r["upstream_token_is_our_argmax"] >= 0.9 for r in fp32_rows),
+          "ok": ok,
           "rows": rows}, args.out)
+    if not ok:
+        sys.exit(1)
 
 
 # ---- rollouts ------------------------------------------------------------------------------------
 def cmd_rollouts(args: argparse.Namespace) -> None:
-    emit(run_rollouts(args.base_url, args.served_name, args.num_tasks, args.work), args.out)
+    result = run_rollouts(args.base_url, args.served_name, args.num_tasks, args.work)
+    emit(result, args.out)
+    sys.exit(0 if result["ok"] else 1)
 
 
 def run_rollouts(base_url: str, served_name: str, num_tasks: int, work: Path) -> dict[str, Any]:
@@ -313,6 +319,17 @@ def cmd_standin(args: argparse.Namespace) -> None:
     emit({"built": built}, out / "build.json")
 
 
+def cmd_serve_standin(args: argparse.Namespace) -> None:
+    """Our native policy server on a fixed port, standing in for `vllm serve` (the dry run's upstream)."""
+    import uvicorn
+
+    from servers.policy.server import PolicyServer
+
+    policy = PolicyServer(args.served_name, {"kind": "policy", "engine": "native", "model": str(args.model),
+                                             "dtype": "float32", "max_batch": 8, "max_len": 2048, "threads": 1})
+    uvicorn.run(policy.build_app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -350,6 +367,11 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=12)
     p.add_argument("--num-tasks", type=int, default=2)
     p.set_defaults(fn=cmd_standin)
+    p = sub.add_parser("serve-standin")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--served-name", required=True)
+    p.set_defaults(fn=cmd_serve_standin)
     args = parser.parse_args()
     args.fn(args)
 
