@@ -37,7 +37,6 @@ from rollout.trajectory import (
 )
 
 REWARD_TOLERANCE = 1e-6
-SAMPLE_KEYS = ("agent_ref", "message_log", "length", "loss_multiplier", "total_reward", "truncated")
 
 
 class RolloutsFailed(RuntimeError):
