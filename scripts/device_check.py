@@ -83,6 +83,15 @@ def bench_config(quick: bool):
         moe_shared_expert_intermediate_size=1024)
 
 
+def keep_fp32(lm) -> None:
+    """What `model.load` keeps in float32 whatever the dtype (router, Mamba per-head scalars), as loaded models have."""
+    from model.loader import _FP32
+
+    for name, tensor in [*lm.named_parameters(), *lm.named_buffers()]:
+        if _FP32.search(name):
+            tensor.data = tensor.data.float()
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     import torch
 
@@ -91,11 +100,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from model.prefix_cache import PrefixCache
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device == "cuda" or args.bf16 else torch.float32
     config = bench_config(args.quick)
     torch.manual_seed(0)
     with torch.device(device):
         lm = NemotronHForCausalLM(config).to(dtype).eval()
+    keep_fp32(lm)
     prompt_len, new = 8, args.new_tokens  # prompt + new < 64: one attention span, one compiled graph per batch
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
@@ -341,6 +351,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="a toy config (CPU smoke test)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32, 128])
     p.add_argument("--new-tokens", type=int, default=48)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 on the CPU too (always on CUDA)")
     p.add_argument("--budget-s", type=float, default=200, help="start no new (compile, batch) row after this")
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("build-vllm-model")
