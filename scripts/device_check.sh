@@ -18,6 +18,25 @@ DRY_RUN=0
 [[ "${1:-}" == "--dry-run" ]] && DRY_RUN=1
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
+
+# --fetch-wheels (run HERE, where PyPI answers, before the device call): the server stack's packages that the
+# device image lacks, as Python 3.12 x86-64 wheels in .whl/ (git-ignored through .git/info/exclude, ~3 MB);
+# then call the device tool with carry [".whl"].
+STACK_WHEELS=(fastapi starlette pydantic pydantic-core annotated-types typing-inspection uvicorn orjson itsdangerous)
+if [[ "${1:-}" == "--fetch-wheels" ]]; then
+    grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+    rm -rf .whl
+    PIP_PY="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"
+    # The versions this checkout's venv has, where it has them (pydantic and pydantic-core must match).
+    pins=()
+    for name in "${STACK_WHEELS[@]}"; do
+        version=$("$PIP_PY" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null)
+        pins+=("$name${version:+==$version}")
+    done
+    exec "$PIP_PY" -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl "${pins[@]}"
+fi
 OUT="${OUT:-$(mktemp -d /tmp/device_check.XXXXXX)}"
 mkdir -p "$OUT"
 MD="$OUT/device_check.md"
@@ -100,7 +119,9 @@ setup_python() {
         "$PY" -m venv --system-site-packages "$VENV" || return 1
         echo "venv $VENV with --system-site-packages over $PY"
     fi
-    if compgen -G ".whl/*.whl" >/dev/null; then
+    if [[ $DRY_RUN == 1 ]]; then
+        echo "dry run: carried wheels (.whl/, Python 3.12 builds) not installed"
+    elif compgen -G ".whl/*.whl" >/dev/null; then
         "$PY" -m pip install --quiet --no-index --no-deps --no-compile --target "$SITE" .whl/*.whl || return 1
         echo "installed $(find .whl -name '*.whl' | wc -l) carried wheels into $SITE"
     fi
