@@ -6,6 +6,7 @@
 #   bash scripts/device_check.sh            # on the GPU machine (device tool: command "bash scripts/device_check.sh")
 #   bash scripts/device_check.sh --dry-run  # anywhere: CPU sizes, and our own policy server stands in for vLLM
 #
+# Exit status: 0 when every step that ran passed (skipped steps do not count), else 1.
 # Results: $OUT/device_check.md (summary), $OUT/steps.log (every step's output) and a JSON file per step
 # (env.json, bench.json, compare.json, rollouts.json; vllm.log when vLLM ran): at most 8 files, as the
 # device tool returns. Without $OUT a temporary directory is used and named at the end.
@@ -67,6 +68,7 @@ trap 'exit 130' INT TERM
     echo "|---|---|---|"
 } >"$MD"
 NOTES=()
+FAILED=0
 
 # step NAME TIMEOUT_S COMMAND...: run with a timeout, log to steps.log, add a row to the summary.
 step() {
@@ -79,6 +81,7 @@ step() {
     local verdict="ok"
     [[ $rc == 124 || $rc == 137 ]] && verdict="**timed out** (${limit}s)"
     [[ $rc != 0 && $verdict == ok ]] && verdict="**failed** (exit $rc)"
+    [[ $rc != 0 ]] && FAILED=$((FAILED + 1))
     echo "| $name | $verdict | $(($(date +%s) - begin)) |" >>"$MD"
     echo "===== $name: $verdict" | tee -a "$LOG"
     return "$rc"
@@ -270,4 +273,5 @@ EOF
     echo "- Whole run: $(($(date +%s) - START)) s. Full output: steps.log."
 } >>"$MD"
 cat "$MD"
-echo "results in $OUT"
+echo "results in $OUT; $FAILED step(s) failed or timed out"
+[[ $FAILED == 0 ]]
