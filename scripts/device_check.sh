@@ -157,7 +157,14 @@ if [[ $DRY_RUN == 1 ]]; then
     step bench 240 "$VPY" scripts/device_check.py bench --quick --batch 1 8 --new-tokens 12 --budget-s 90 \
         --out "$OUT/bench.json"
 else
-    step bench 270 "$VPY" scripts/device_check.py bench --budget-s 180 --out "$OUT/bench.json"
+    # BENCH_BATCHES="1 8 32" (or "") trims the bench to leave time for the vLLM section
+    read -r -a batches <<<"${BENCH_BATCHES-1 8 32 128}"
+    if ((${#batches[@]})); then
+        step bench 270 "$VPY" scripts/device_check.py bench --batch "${batches[@]}" --budget-s 180 \
+            --out "$OUT/bench.json"
+    else
+        skip bench "BENCH_BATCHES is empty"
+    fi
 fi
 
 # ---- 5. vLLM (or the stand-in) vs our engine, and rollouts through engine: openai ------------------------
