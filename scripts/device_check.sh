@@ -21,11 +21,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT" || exit 1
 
 # --fetch-wheels (run HERE, where PyPI answers, before the device call): the server stack's packages that the
-# device image lacks, as Python 3.12 x86-64 wheels in .whl/ (git-ignored through .git/info/exclude, ~3 MB);
+# device image lacks, as Python 3.12 x86-64 wheels in .whl/ (git-ignored, ~3 MB);
 # then call the device tool with carry [".whl"].
 STACK_WHEELS=(fastapi starlette pydantic pydantic-core annotated-types typing-inspection uvicorn orjson itsdangerous)
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
-    grep -qxF '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
     rm -rf .whl
     PIP_PY="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"
     # The versions this checkout's venv has, where it has them (pydantic and pydantic-core must match).
