@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field
 
-from gym_core.protocol import VerifyRequest
+from environments.counter.app import Counter as CounterEnvironment
 from servers.resources import ResourcesServer, Session, SessionStore, ToolError, aggregate_metrics, pass_at_k, tool
 
 
@@ -17,16 +17,8 @@ class Point(BaseModel):
     y: int
 
 
-class Counter(ResourcesServer):
-    """The DESIGN.md example environment, plus a few tools exercising the schema derivation."""
-
-    @tool
-    async def increment(self, session: Session, by: int) -> dict:
-        session.state["count"] = session.state.get("count", 0) + by
-        return {"count": session.state["count"]}
-
-    async def verify(self, row: VerifyRequest, session: Session) -> float:
-        return float(session.state.get("count") == row.extra["target"])
+class Counter(CounterEnvironment):
+    """The DESIGN.md example environment (environments/counter), plus tools exercising the schema derivation."""
 
     @tool
     async def search(self, session: Session, query: str, limit: int = 5, exact: bool = False,
