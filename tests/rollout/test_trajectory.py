@@ -13,28 +13,11 @@ from gym_core.client import close_client
 from gym_core.launcher import launch
 from rollout.collect import collect, read_rows
 from rollout.trajectory import Trajectory, TrajectoryError, model_calls, to_trajectory, trl_rollout_batch
+from tests.rollout.episodes import episode
 
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "examples" / "native.yaml"
 WEATHER = ROOT / "environments" / "weather" / "data" / "example.jsonl"
-
-
-def episode(second_prompt: list[int] | None = None, reward: float = 1.0) -> dict:
-    """A tool call (prompt 1..4, generates 10 11), its output, then the final answer (generates 20 21 2)."""
-    return {
-        "_ng_task_index": 3, "_ng_rollout_index": 1, "reward": reward,
-        "agent_ref": {"type": "responses_api_agents", "name": "agent"},
-        "response": {"output": [
-            {"type": "reasoning", "summary": []},
-            {"type": "function_call", "name": "get_weather", "arguments": "{}", "call_id": "c1",
-             "prompt_token_ids": [1, 2, 3, 4], "generation_token_ids": [10, 11],
-             "generation_log_probs": [-0.5, -0.25]},
-            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
-            {"type": "message", "role": "assistant", "content": [],
-             "prompt_token_ids": second_prompt or [1, 2, 3, 4, 10, 11, 7, 8, 9],
-             "generation_token_ids": [20, 21, 2], "generation_log_probs": [-1.0, -2.0, -0.125]},
-        ]},
-    }
 
 
 def test_multi_call_episode_becomes_one_token_exact_trajectory() -> None:
