@@ -112,6 +112,8 @@ def _add_rollout_parser(commands: Any) -> None:
     rollout.add_argument("--trajectories", type=Path, default=None,
                          help="also write each successful rollout's training trajectory (token ids, mask, "
                          "log-probs, reward) to this JSONL")
+    rollout.add_argument("--no-aggregate", action="store_true",
+                         help="skip the agent's /aggregate_metrics at the end (no <output stem>_aggregate_metrics.json)")
     rollout.set_defaults(handler=cmd_rollout)
 
 
@@ -217,7 +219,8 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
             return await collect(agent_url, rows, args.output, agent_name=args.agent, num_repeats=args.num_repeats,
                                  concurrency=args.concurrency, timeout=args.timeout, total=total,
                                  progress=not args.no_progress, resume=args.resume,
-                                 max_attempts=args.max_attempts, trajectories=args.trajectories)
+                                 max_attempts=args.max_attempts, trajectories=args.trajectories,
+                                 aggregate_metrics=not args.no_aggregate)
         finally:
             await close_client()
 
@@ -228,6 +231,8 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
         return 1
     print(summary.line())
     print(f"mean reward: {summary.mean_reward:.4f} over {summary.count} rollouts -> {summary.output}")
+    if summary.metrics_output:
+        print(f"metrics -> {summary.metrics_output}")
     if summary.failures:
         print(f"{summary.failures} failed rollouts -> {summary.failures_output}", file=sys.stderr)
     if summary.trajectory_errors:

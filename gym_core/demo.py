@@ -1,7 +1,7 @@
 """`python -m gym_core.demo examples/quickstart.yaml` (what `make demo` runs).
 
 Starts the servers of the config, collects rollouts of the agent on its environment's example rows
-(5 rows x 4 repeats by default), prints one metrics line, and stops every process it started.
+(5 rows x 4 repeats by default), prints one metrics line and the environment's key metrics, and stops every process it started.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from gym_core.client import close_client
 from gym_core.config import ConfigError, GymConfig
 from gym_core.launcher import LaunchError, launch
 from rollout.collect import CollectionSummary, DataError, collect, count_rows, read_rows
+from rollout.metrics import format_key_metrics
 
 
 def example_data(config: GymConfig, agent: str) -> Path:
@@ -78,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(summary.line())
     print(f"rollouts -> {summary.output}; failures -> {summary.failures_output}")
+    if summary.metrics_output:
+        print(f"key metrics: {format_key_metrics(summary.key_metrics)} -> {summary.metrics_output}")
     print(f"stopped {len(pids)} server processes ({', '.join(map(str, pids))}); "
           f"the whole demo took {time.perf_counter() - started:.1f}s")
     return 0 if summary.count and not summary.failures else 1

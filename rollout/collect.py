@@ -10,7 +10,8 @@ Without `resume` both files start empty (the sidecar too, so no stale attempts l
 `resume`, rollouts already in the output (keyed by `(_ng_task_index, _ng_rollout_index)`) are skipped, each
 sidecar row counts as a failed attempt, a rollout is retried until `max_attempts` (with `_ng_attempt_index`
 set), and both files are appended to (see rollout/resume.py). With `trajectories`, the training trajectory
-(rollout/trajectory.py) of each successful rollout is written to that JSONL as it completes.
+(rollout/trajectory.py) of each successful rollout is written to that JSONL as it completes. At the end, the
+agent's /aggregate_metrics over every row of the output goes to `<stem>_aggregate_metrics.json` (rollout/metrics.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import orjson
 from tqdm import tqdm
 
 from gym_core.client import ServerError, get_client
+from rollout.metrics import aggregate, format_key_metrics, metrics_path
 from rollout.resume import DEFAULT_MAX_ATTEMPTS, ResumeState, iter_jsonl, key_of, load_state, open_for_collection
 from rollout.trajectory import TrajectoryError, to_trajectory
 
@@ -57,6 +59,7 @@ class CollectionSummary:
     gave_up: int = 0
     trajectory_errors: int = 0
     trajectories_output: Path | None = None
+    metrics: dict[str, Any] | None = None
 
     @property
     def mean_reward(self) -> float:
@@ -71,8 +74,20 @@ class CollectionSummary:
     def line(self) -> str:
         """One metrics line for logs and the terminal."""
         resumed = f" resumed={self.resumed} gave_up={self.gave_up}" if self.resumed or self.gave_up else ""
+        keys = f" {format_key_metrics(self.key_metrics)}" if self.key_metrics else ""
         return (f"rollouts={self.count} mean_reward={self.mean_reward:.4f} failures={self.failures} "
-                f"rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s{resumed}")
+                f"rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s{resumed}{keys}")
+
+    @property
+    def key_metrics(self) -> dict[str, Any]:
+        """The environment's key metrics (e.g. `pass@4/reward`), empty when aggregation was skipped."""
+        keys = (self.metrics or {}).get("key_metrics")
+        return keys if isinstance(keys, dict) else {}
+
+    @property
+    def metrics_output(self) -> Path | None:
+        """`<stem>_aggregate_metrics.json` when it was written."""
+        return metrics_path(self.output) if self.metrics is not None else None
 
 
 def failures_path(output: Path) -> Path:
@@ -121,8 +136,10 @@ async def collect(
     resume: bool = False,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     trajectories: Path | None = None,
+    aggregate_metrics: bool = True,
 ) -> CollectionSummary:
-    """Run every row `num_repeats` times against the agent at `agent_url`; write results as they complete."""
+    """Run every row `num_repeats` times against the agent at `agent_url`; write results as they complete;
+    then (unless `aggregate_metrics` is False) the agent's metrics over the whole output (rollout/metrics.py)."""
     if num_repeats < 1 or concurrency < 1 or timeout <= 0 or max_attempts < 1:
         raise ValueError("num_repeats, concurrency and max_attempts must be >= 1 and timeout > 0")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -141,9 +158,10 @@ async def collect(
         started = time.perf_counter()
         todo = _expand(rows, num_repeats, agent_name, state, max_attempts, sink)
         await _dispatch(agent_url, todo, sink, concurrency, timeout)
+    metrics = await aggregate(agent_url, output, agent_name, timeout) if aggregate_metrics else None
     return CollectionSummary(sink.count, sink.failures, sink.reward_sum, time.perf_counter() - started,
                              output, sidecar, sink.resumed, state.exhausted(max_attempts), sink.trajectory_errors,
-                             trajectories)
+                             trajectories, metrics)
 
 
 class Sink(Protocol):

@@ -4,6 +4,8 @@ Row field `behaviour`: "ok" (default; reward = `reward_value`), "error" (HTTP 50
 the tests' rollout timeout), "no_reward" (a body without `reward`), "failure_class" (agent-reported failure),
 "terminal" (a failure not to retry), "flaky" (HTTP 500 unless the row has `_ng_attempt_index`). Row field
 `delay`: seconds to wait first; `with_tokens`: the output carries one model call's token fields.
+POST /aggregate_metrics answers `servers.resources.aggregate_metrics` of the rows (and keeps the last request for
+GET /stats); a row with `fail_aggregate` makes it answer HTTP 500.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from gym_core.server import GymServer
+from servers.resources import aggregate_metrics
 
 
 class FakeAgentForTests(GymServer):
@@ -24,7 +27,7 @@ class FakeAgentForTests(GymServer):
 
     def add_routes(self, app: FastAPI) -> None:
         """POST /run, GET /stats (most requests ever in flight at once) and POST /stats/reset."""
-        stats = {"in_flight": 0, "max_in_flight": 0, "runs": 0}
+        stats: dict[str, Any] = {"in_flight": 0, "max_in_flight": 0, "runs": 0, "aggregated": None}
 
         @app.post("/run")
         async def run(row: dict[str, Any]) -> Any:
@@ -48,6 +51,14 @@ class FakeAgentForTests(GymServer):
                 return {**row, "response": {"output": output}, "reward": float(row.get("reward_value", 1.0))}
             finally:
                 stats["in_flight"] -= 1
+
+        @app.post("/aggregate_metrics")
+        async def metrics(body: dict[str, Any]) -> Any:
+            rows = body["verify_responses"]
+            stats["aggregated"] = rows
+            if any(r.get("fail_aggregate") for r in rows):
+                return JSONResponse({"error": {"type": "boom", "message": "no metrics"}}, status_code=500)
+            return aggregate_metrics(rows)
 
         @app.get("/stats")
         async def get_stats() -> dict:
