@@ -235,6 +235,9 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
         print(f"metrics -> {summary.metrics_output}")
     if summary.failures:
         print(f"{summary.failures} failed rollouts -> {summary.failures_output}", file=sys.stderr)
+    if summary.not_persisted:
+        print(f"{summary.not_persisted} kill-shaped rollouts were not persisted; --resume runs them again",
+              file=sys.stderr)
     if summary.trajectory_errors:
         print(f"{summary.trajectory_errors} rollouts were not token-exact and have no trajectory (see the log)",
               file=sys.stderr)

@@ -4,7 +4,9 @@
 Rows are read lazily and at most `concurrency` rollouts exist at any time (a semaphore is taken *before*
 each task is created), so memory is bounded by what is in flight, not by the dataset. A rollout that fails
 (HTTP error, timeout, unreachable agent, a body without a reward, or an agent-reported `_ng_failure_class`)
-goes to the `<stem>_failures.jsonl` sidecar with its error; it never becomes a reward of 0.
+goes to the `<stem>_failures.jsonl` sidecar with its error; it never becomes a reward of 0. A result the agent
+marks `_ng_no_persist` (kill-shaped: SIGTERM, OOM, actor death) is written nowhere and only counted
+(`not_persisted`), so a later resume runs it again, as in NeMo Gym.
 
 Without `resume` both files start empty (the sidecar too, so no stale attempts leak into a later resume). With
 `resume`, rollouts already in the output (keyed by `(_ng_task_index, _ng_rollout_index)`) are skipped, each
@@ -60,6 +62,7 @@ class CollectionSummary:
     trajectory_errors: int = 0
     trajectories_output: Path | None = None
     metrics: dict[str, Any] | None = None
+    not_persisted: int = 0
 
     @property
     def mean_reward(self) -> float:
@@ -74,6 +77,7 @@ class CollectionSummary:
     def line(self) -> str:
         """One metrics line for logs and the terminal."""
         resumed = f" resumed={self.resumed} gave_up={self.gave_up}" if self.resumed or self.gave_up else ""
+        resumed += f" not_persisted={self.not_persisted}" if self.not_persisted else ""
         keys = f" {format_key_metrics(self.key_metrics)}" if self.key_metrics else ""
         return (f"rollouts={self.count} mean_reward={self.mean_reward:.4f} failures={self.failures} "
                 f"rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s{resumed}{keys}")
@@ -161,7 +165,7 @@ async def collect(
     metrics = await aggregate(agent_url, output, agent_name, timeout) if aggregate_metrics else None
     return CollectionSummary(sink.count, sink.failures, sink.reward_sum, time.perf_counter() - started,
                              output, sidecar, sink.resumed, state.exhausted(max_attempts), sink.trajectory_errors,
-                             trajectories, metrics)
+                             trajectories, metrics, sink.not_persisted)
 
 
 class Sink(Protocol):
@@ -169,6 +173,7 @@ class Sink(Protocol):
 
     def success(self, row: dict[str, Any], reward: float) -> None: ...
     def failure(self, row: dict[str, Any]) -> None: ...
+    def unpersisted(self, row: dict[str, Any]) -> None: ...
     def skipped(self, finished: bool) -> None: ...
 
 
@@ -178,6 +183,7 @@ class MemorySink:
     def __init__(self) -> None:
         self.results: list[dict[str, Any]] = []
         self.failed: list[dict[str, Any]] = []
+        self.not_persisted = 0
 
     def success(self, row: dict[str, Any], reward: float) -> None:
         """A finished rollout (its row, stamped with task and rollout index)."""
@@ -186,6 +192,10 @@ class MemorySink:
     def failure(self, row: dict[str, Any]) -> None:
         """A failed attempt, with its typed error."""
         self.failed.append(row)
+
+    def unpersisted(self, row: dict[str, Any]) -> None:
+        """A kill-shaped result (`_ng_no_persist`): only counted."""
+        self.not_persisted += 1
 
     def skipped(self, finished: bool) -> None:
         """Nothing is skipped without resume."""
@@ -264,10 +274,14 @@ async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: Si
         sink.failure({**stamps, "error": {"type": type(exc).__name__, "message": str(exc) or repr(exc)}})
         return
     reward = result.get("reward") if isinstance(result, dict) else None
-    if isinstance(result, dict) and result.get("_ng_failure_class"):
+    if isinstance(result, dict) and result.get("_ng_no_persist"):
+        sink.unpersisted(stamps)  # kill-shaped: written nowhere, so a resume runs it again
+    elif isinstance(result, dict) and result.get("_ng_failure_class"):
+        failure_class = str(result["_ng_failure_class"])
         message = str(result.get("error") or "the agent reported a failure")
         terminal = {"_ng_failure_terminal": True} if result.get("_ng_failure_terminal") else {}
-        sink.failure({**stamps, **terminal, "error": {"type": str(result["_ng_failure_class"]), "message": message}})
+        sink.failure({**stamps, "_ng_failure_class": failure_class, **terminal,
+                      "error": {"type": failure_class, "message": message}})
     elif isinstance(reward, bool) or not isinstance(reward, (int, float)):
         sink.failure({**stamps, "error": {"type": "invalid_response",
                                           "message": f"/run answered without a numeric `reward`: {str(result)[:300]}"}})
@@ -280,7 +294,7 @@ class _Sink:
 
     def __init__(self, out: BinaryIO, failed: BinaryIO, bar: tqdm, trajectories: BinaryIO | None = None) -> None:
         self.out, self.failed, self.bar, self.trajectories = out, failed, bar, trajectories
-        self.count = self.failures = self.resumed = self.trajectory_errors = 0
+        self.count = self.failures = self.resumed = self.trajectory_errors = self.not_persisted = 0
         self.reward_sum = 0.0
 
     def success(self, row: dict[str, Any], reward: float) -> None:
@@ -297,6 +311,11 @@ class _Sink:
         self.failed.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
         self.failed.flush()
         self.failures += 1
+        self._tick()
+
+    def unpersisted(self, row: dict[str, Any]) -> None:
+        """A kill-shaped result (`_ng_no_persist`): in neither file, so `--resume` re-dispatches it."""
+        self.not_persisted += 1
         self._tick()
 
     def skipped(self, finished: bool) -> None:

@@ -2,7 +2,8 @@
 
 Row field `behaviour`: "ok" (default; reward = `reward_value`), "error" (HTTP 500), "slow" (sleeps 3 s, past
 the tests' rollout timeout), "no_reward" (a body without `reward`), "failure_class" (agent-reported failure),
-"terminal" (a failure not to retry), "flaky" (HTTP 500 unless the row has `_ng_attempt_index`). Row field
+"terminal" (a failure not to retry), "flaky" (HTTP 500 unless the row has `_ng_attempt_index`), "no_persist"
+(a kill-shaped result: `_ng_no_persist`). Row field
 `delay`: seconds to wait first; `with_tokens`: the output carries one model call's token fields.
 POST /aggregate_metrics answers `servers.resources.aggregate_metrics` of the rows (and keeps the last request for
 GET /stats); a row with `fail_aggregate` makes it answer HTTP 500.
@@ -45,6 +46,8 @@ class FakeAgentForTests(GymServer):
                     return {"response": {}}
                 if behaviour == "failure_class":
                     return {**row, "reward": 0.0, "_ng_failure_class": "transient", "error": "tool sandbox died"}
+                if behaviour == "no_persist":
+                    return {**row, "_ng_no_persist": True, "_ng_failure_class": "kill_shaped", "error": "OOM"}
                 if behaviour == "terminal":
                     return {**row, "_ng_failure_class": "skipped", "_ng_failure_terminal": True, "error": "no"}
                 output = [_model_call(row)] if row.get("with_tokens") else []
