@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gym_core.cli import main as gym
+from tests.processes import gone
 
 # A test double server, imported by the server processes from a temporary directory.
 DOUBLE = """
@@ -56,14 +57,6 @@ def gym_up(workdir: Path) -> Iterator[tuple[subprocess.Popen, str]]:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             process.wait(timeout=30)
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 @pytest.mark.parametrize("argv, needle", [

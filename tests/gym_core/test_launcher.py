@@ -13,6 +13,7 @@ from gym_core.config import load_config
 from gym_core.launcher import LaunchError, launch
 from gym_core.registry import Registry, RegistryService
 from gym_core.serve import ServeError, build_server, default_entrypoint, load_server_class
+from tests.processes import gone
 
 # Test doubles, written into a temporary directory that the server processes import from.
 DOUBLES = '''
@@ -57,14 +58,6 @@ def doubles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def echo(**extra: object) -> dict:
     return {"kind": "resources", "entrypoint": "gym_test_doubles:EchoServerForTests", **extra}
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def pid_from(path: Path) -> int:
