@@ -7,6 +7,7 @@ same way (only what was set), which is how servers pass rows and conversation hi
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -37,6 +38,14 @@ def _mark_always_dump(self: WireModel, context: Any, /) -> None:
 
 # ---------------------------------------------------------------------------------------------- token ids
 
+# The training token fields a model-produced item carries (NeMo Gym's names): all three or none.
+TOKEN_FIELDS: tuple[str, ...] = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
+
+
+def is_reward(value: Any) -> bool:
+    """Whether `value` can be a reward: a finite int or float (a bool is not one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
 
 class TokenFields(WireModel):
     """Training token ids on a model-produced item: all three or none; one log-prob per generated id."""
@@ -49,13 +58,9 @@ class TokenFields(WireModel):
     def _atomic_token_fields(self) -> TokenFields:
         if self.prompt_token_ids is None and self.generation_token_ids is None and self.generation_log_probs is None:
             return self  # most items (input messages, tools' calls without training) carry none
-        present = [
-            name
-            for name in ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
-            if getattr(self, name) is not None
-        ]
-        if present and len(present) != 3:
-            missing = sorted({"prompt_token_ids", "generation_token_ids", "generation_log_probs"} - set(present))
+        present = [name for name in TOKEN_FIELDS if getattr(self, name) is not None]
+        if present and len(present) != len(TOKEN_FIELDS):
+            missing = sorted(set(TOKEN_FIELDS) - set(present))
             raise ValueError(f"token fields are all-or-none: {present} given but {missing} missing")
         if present and len(self.generation_token_ids) != len(self.generation_log_probs):  # type: ignore[arg-type]
             raise ValueError(

@@ -33,6 +33,7 @@ import orjson
 from tqdm import tqdm
 
 from gym_core.client import ServerError, get_client
+from gym_core.protocol import is_reward
 from rollout.metrics import aggregate, format_key_metrics, metrics_path
 from rollout.resume import DEFAULT_MAX_ATTEMPTS, ResumeState, iter_jsonl, key_of, load_state, open_for_collection
 from rollout.trajectory import TrajectoryError, to_trajectory
@@ -282,7 +283,7 @@ async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: Si
         terminal = {"_ng_failure_terminal": True} if result.get("_ng_failure_terminal") else {}
         sink.failure({**stamps, "_ng_failure_class": failure_class, **terminal,
                       "error": {"type": failure_class, "message": message}})
-    elif isinstance(reward, bool) or not isinstance(reward, (int, float)):
+    elif not is_reward(reward):
         sink.failure({**stamps, "error": {"type": "invalid_response",
                                           "message": f"/run answered without a numeric `reward`: {str(result)[:300]}"}})
     else:

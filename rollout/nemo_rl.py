@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gym_core.client import close_client, get_client
+from gym_core.protocol import is_reward
 from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, collect_in_memory
 from rollout.resume import key_of
 from rollout.trajectory import (
@@ -135,7 +136,7 @@ def flag_messages(log: list[dict[str, Any]], texts: Sequence[str], *, invalid_to
 def reward_columns(result: dict[str, Any]) -> dict[str, float]:
     """`total_reward` and one `reward/<name>` per component; components must sum to the reward."""
     reward = result.get("reward")
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or math.isnan(reward):
+    if not is_reward(reward):
         raise TrajectoryError(f"the rollout result has no numeric `reward` (got {reward!r})")
     columns = {"total_reward": float(reward)}
     components = result.get("reward_components")

@@ -10,12 +10,11 @@ a `TrajectoryError`, never a trajectory of tokens the model did not see.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
+from gym_core.protocol import TOKEN_FIELDS, is_reward
 
 
 class TrajectoryError(ValueError):
@@ -106,7 +105,7 @@ def describe_mismatch(number: int, call: dict[str, Any], seen: list[int]) -> str
 def _reward(result: dict[str, Any]) -> float:
     """The rollout's numeric reward."""
     reward = result.get("reward")
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or math.isnan(reward):
+    if not is_reward(reward):
         raise TrajectoryError(f"the rollout result has no numeric `reward` (got {reward!r})")
     return float(reward)
 

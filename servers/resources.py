@@ -37,7 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from gym_core.protocol import Message, Response as EpisodeResponse, TaskRow, VerifyRequest, dumps, loads
+from gym_core.protocol import Message, Response as EpisodeResponse, TaskRow, VerifyRequest, dumps, is_reward, loads
 from gym_core.server import (
     GymServer,
     JSONResponse,
@@ -326,7 +326,7 @@ class ResourcesServer(GymServer):
         result = await self.verify(row, self.sessions.get(session_id))
         fields = dict(result) if isinstance(result, dict) else {"reward": result}
         reward = fields.get("reward")
-        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+        if not is_reward(reward):
             raise TypeError(f"{type(self).__name__}.verify must return a finite number or a dict with a "
                             f"numeric 'reward'; got {result!r}")
         if self.config.end_session_on_verify:

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from gym_core.protocol import (
+    TOKEN_FIELDS,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatFunction,
@@ -32,7 +33,6 @@ from gym_core.protocol import (
     loads,
 )
 
-TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 # Keys of a Responses create body that are handled here rather than passed through to the engine.
 _HANDLED = {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "metadata", "stream",
             "temperature", "top_p", "model", "parallel_tool_calls"}

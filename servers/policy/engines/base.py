@@ -4,13 +4,16 @@ An engine turns a chat-completions request into a completion. It owns everything
 URLs, weights, tokenizer); the policy server owns HTTP and the Responses conversion. A new engine (the
 native torch model, vLLM in-process) is a class with `config_model` and `chat`, plus one line in `ENGINES`.
 Engines that own a tokenizer (or front one) also implement `complete` (raw prompt in, text and ids out) and
-`tokenize`; the others answer those routes with a 501 that names the engines that do.
+`tokenize`; the others answer those routes with a 501 that names the engines that do. Streaming (`chat_stream`)
+and live weight updates (`update_weights`, `model_version`) are optional the same way.
 """
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -48,6 +51,15 @@ class EngineError(Exception):
         self.error_type = error_type
 
 
+@dataclass(frozen=True)
+class WeightSource:
+    """New weights for an engine: a safetensors file or Hugging Face checkpoint directory, or safetensors bytes."""
+
+    path: str | None = None
+    data: bytes | None = None
+    version: str | None = None  # the caller's label for the new weights; None: the engine picks the next one
+
+
 class Engine(ABC):
     """Generates chat completions for the policy server."""
 
@@ -56,6 +68,8 @@ class Engine(ABC):
     def __init__(self, config: EngineConfig, model_name: str) -> None:
         self.config = config
         self.model_name = model_name
+        # The served weights' version, on every response (X-Model-Version); it changes with each weight update.
+        self.model_version = "0"
 
     async def start(self) -> None:
         """Open clients or load weights (called once, before the first request)."""
@@ -74,6 +88,17 @@ class Engine(ABC):
     async def tokenize(self, request: TokenizeRequest, *, session_id: str | None = None) -> TokenizeResponse:
         """The token ids of a conversation as the chat template renders it, or of a plain prompt."""
         raise self._unsupported("/tokenize")
+
+    def chat_stream(self, request: ChatCompletionRequest, *,
+                    session_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """`chat.completion.chunk` objects as the completion is generated; the last one carries `usage`."""
+        raise EngineError(f"the {type(self).__name__} engine does not stream; send stream: false", 422,
+                          "invalid_request")
+
+    async def update_weights(self, source: WeightSource) -> str:
+        """Serve new weights from the next admitted request on (running ones are not dropped); the new version."""
+        raise EngineError(f"the {type(self).__name__} engine has no weights to update; use engine: native, or "
+                          "engine: openai/vllm in front of a vLLM with weight transfer", 501, "not_implemented")
 
     def _unsupported(self, route: str) -> EngineError:
         return EngineError(f"the {type(self).__name__} engine has no tokenizer, so it does not serve {route}; "

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gym_core.protocol import (
+    TOKEN_FIELDS,
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -50,7 +51,6 @@ from servers.policy.engines.base import Engine, EngineConfig, EngineError
 
 log = logging.getLogger(__name__)
 
-TOKEN_FIELDS = frozenset({"prompt_token_ids", "generation_token_ids", "generation_log_probs"})
 THINK_START, THINK_END = "<think>", "</think>"
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 # Template variables the engine sets itself; a request's chat_template_kwargs cannot replace them.
@@ -433,7 +433,7 @@ def _template_message(message: ChatMessage) -> dict[str, Any]:
         if other:
             raise EngineError(f"a {message.role} message has {', '.join(other)} content; this model reads text only",
                               422, "invalid_request")
-    return message.model_dump(exclude_none=True, exclude=TOKEN_FIELDS)
+    return message.model_dump(exclude_none=True, exclude=set(TOKEN_FIELDS))
 
 
 def _opens_reasoning(prompt_text: str) -> bool:

@@ -18,6 +18,7 @@ import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 
 from gym_core.protocol import (
+    TOKEN_FIELDS,
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -33,9 +34,6 @@ from gym_core.protocol import (
 )
 from servers.policy.engines import vllm_tokens
 from servers.policy.engines.base import Engine, EngineConfig, EngineError
-
-TOKEN_FIELDS = frozenset({"prompt_token_ids", "generation_token_ids", "generation_log_probs"})
-
 
 # How vLLM and OpenAI word "the prompt plus max_tokens exceed the context window".
 _CONTEXT_OVERFLOW = re.compile(r"context length|context window|maximum context|max_tokens.*too large", re.I)
