@@ -4,8 +4,8 @@ sampling, thinking-budget enforcement and prefix reuse across turns.
 One `step()` admits waiting requests into free slots (restoring the longest cached prefix of each prompt),
 runs prefill chunks (up to `prefill_chunk` prompt tokens in total; chunks of equal length share a forward
 call) and then one decode step for every sequence whose prompt is done. Sequences join and leave between
-steps. `generate` loops `step` until all requests finish; `AsyncEngine` runs the same loop on a background
-thread for the policy server.
+steps. `generate` loops `step` until all requests finish; `model.async_engine.AsyncEngine` runs the same loop
+on a background thread for the policy server.
 
 Thinking budget (NVIDIA's documented behaviour for Nemotron 3): for a request with `thinking_budget` whose
 prompt ends with the think-start sequence, once `thinking_budget` tokens have been generated without
@@ -16,9 +16,6 @@ the model's log-prob of that token (same convention as sampled ones), so a train
 
 from __future__ import annotations
 
-import asyncio
-import queue
-import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +27,7 @@ import torch
 from model.prefix_cache import PrefixCache
 from model.sampling import SamplingParams, make_generator, sample
 
-__all__ = ["AsyncEngine", "Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
+__all__ = ["Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
            "SamplingParams"]
 
 
@@ -170,6 +167,18 @@ class Engine:
             for result in self.step():
                 done[result.request_id] = result
         return [done[r.request_id] for r in requests]
+
+    def abort(self, request_id: str) -> bool:
+        """Drop one request, waiting or running (its slot is free for the next step); whether it was here."""
+        for i, request in enumerate(self._waiting):
+            if request.request_id == request_id:
+                del self._waiting[i]
+                return True
+        for slot, seq in self._running.items():
+            if seq.request.request_id == request_id:
+                del self._running[slot]
+                return True
+        return False
 
     def abort_all(self) -> None:
         """Drop every waiting and running request (their slots become free)."""
@@ -364,107 +373,3 @@ class Engine:
             return None
         end = self.reasoning.end
         return seq.tokens.index(end) if end in seq.tokens else len(seq.tokens)
-
-
-class AsyncEngine:
-    """Runs an Engine's step loop on a background thread; `await submit(request)` for each request.
-
-    Everything that touches the engine runs on that thread, between steps: new requests, and `call(fn)` for
-    anything else (a weight swap), so a step never sees the engine change under it.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
-
-    async def submit(self, request: GenerationRequest) -> GenerationResult:
-        """Queue a request and wait for its result."""
-        if self._closed:
-            raise RuntimeError("AsyncEngine is closed")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._futures[request.request_id] = (loop, future)
-        self._inbox.put(request)
-        return await future
-
-    async def call(self, fn: Callable[[Engine], Any]) -> Any:
-        """Run `fn(engine)` on the engine thread between two steps; its result, or its exception."""
-        if self._closed:
-            raise RuntimeError("AsyncEngine is closed")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._inbox.put(_Call(fn, loop, future))
-        return await future
-
-    def close(self) -> None:
-        """Stop the loop thread after the current step; pending requests fail."""
-        self._closed = True
-        self._inbox.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        """Drain the inbox, step while there is work, block when idle."""
-        while not self._closed:
-            block = not self.engine.has_work()
-            try:
-                while True:
-                    item = self._inbox.get(block=block)
-                    block = False
-                    if isinstance(item, _Call):
-                        item.run(self.engine)
-                    elif item is not None:
-                        self._add(item)
-            except queue.Empty:
-                pass
-            if self.engine.has_work():
-                try:
-                    results = self.engine.step()
-                except Exception as exc:  # noqa: BLE001 -- a failed step fails every request in flight, loudly
-                    self._fail_all(exc)
-                    continue
-                for result in results:
-                    self._resolve(result.request_id, result)
-        self._fail_all(RuntimeError("AsyncEngine closed"))
-
-    def _add(self, request: GenerationRequest) -> None:
-        try:
-            self.engine.add_request(request)
-        except ValueError as exc:
-            self._resolve(request.request_id, exc)
-
-    def _resolve(self, request_id: str, outcome: GenerationResult | BaseException) -> None:
-        loop, future = self._futures.pop(request_id, (None, None))
-        if future is None:
-            return
-        _settle(loop, future, outcome)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        self.engine.abort_all()
-        for request_id in list(self._futures):
-            self._resolve(request_id, exc)
-
-
-@dataclass
-class _Call:
-    """A function to run on the engine thread between steps, and where its outcome goes."""
-
-    fn: Callable[[Engine], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-
-    def run(self, engine: Engine) -> None:
-        try:
-            outcome = self.fn(engine)
-        except Exception as exc:  # noqa: BLE001 -- handed to the awaiting caller
-            outcome = exc
-        _settle(self.loop, self.future, outcome)
-
-
-def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: Any) -> None:
-    """Set a future's result (or exception) from the engine thread; a future already done stays as it is."""
-    setter = future.set_exception if isinstance(outcome, BaseException) else future.set_result
-    loop.call_soon_threadsafe(lambda: future.done() or setter(outcome))

@@ -32,6 +32,7 @@ from gym_core.server import (
     session_id_of,
 )
 from servers.policy.convert import ConversionError, chat_to_response, responses_to_chat
+from servers.policy.disconnect import ClientGone, unless_disconnected
 from servers.policy.engines.base import Engine, EngineError, WeightSource, create_engine
 
 
@@ -89,9 +90,11 @@ class PolicyServer(GymServer):
         except (ValidationError, ValueError) as err:
             return self._versioned(_invalid(err))
         try:
-            completion = await self.engine.chat(body, session_id=session_id_of(request))
+            completion = await unless_disconnected(request, self.engine.chat(body, session_id=session_id_of(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            return _gone()
         version = self._stamp(completion)
         return self._versioned(JSONResponse(completion), version)
 
@@ -110,9 +113,11 @@ class PolicyServer(GymServer):
         except (ValidationError, ValueError) as err:  # ConversionError is a ValueError
             return self._versioned(_invalid(err))
         try:
-            completion = await self.engine.chat(chat, session_id=session_id_of(request))
+            completion = await unless_disconnected(request, self.engine.chat(chat, session_id=session_id_of(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            return _gone()
         version = self._stamp(completion)
         return self._versioned(JSONResponse(chat_to_response(completion, params)), version)
 
@@ -160,10 +165,17 @@ async def _serve(request: Request, schema: type[WireModel],
     except (ValidationError, ValueError) as err:
         return _invalid(err)
     try:
-        result = await engine_method(body, session_id=session_id_of(request))
+        result = await unless_disconnected(request, engine_method(body, session_id=session_id_of(request)))
     except EngineError as err:
         return error_response(err.status, str(err), err.error_type)
+    except ClientGone:
+        return _gone()
     return JSONResponse(result)
+
+
+def _gone() -> JSONResponse:
+    # Nobody reads this answer; 499 is what proxies log for a client that closed the connection.
+    return error_response(499, "the client closed the connection; the generation was cancelled", "client_gone")
 
 
 _VERSION_LABEL = re.compile(MODEL_VERSION_PATTERN)

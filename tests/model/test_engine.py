@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import torch
 
+from model.async_engine import AsyncEngine
 from model.engine import (
-    AsyncEngine,
     Engine,
     GenerationRequest,
     ReasoningTokens,

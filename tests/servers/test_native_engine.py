@@ -234,8 +234,8 @@ class ScriptedRunner:
         return GenerationResult(request.request_id, request.prompt_token_ids, ids, [-0.5] * len(ids),
                                 "stop" if self.end else "length", text=self.text)
 
-    def close(self) -> None:
-        pass
+    def close(self, timeout: float = 10.0) -> bool:
+        return True
 
 
 def scripted_engine(tok: ChatTokenizer, text: str, **config) -> NativeEngine:
@@ -359,7 +359,7 @@ def test_shutdown_stops_the_generation_thread():
         thread = policy.engine._runner._thread
         assert thread.is_alive()
     assert policy.engine._runner is None and not thread.is_alive()
-    with pytest.raises(EngineError, match="not started") as stopped:
+    with pytest.raises(EngineError, match="shutting down") as stopped:
         asyncio.run(policy.engine.chat(ChatCompletionRequest(messages=QUESTION)))
     assert stopped.value.status == 503
 

@@ -1,7 +1,7 @@
 """The native engine: our torch Nemotron-H model (`model/`) behind the policy server's OpenAI-compatible routes.
 
 `start()` loads the checkpoint and its ChatTokenizer once and runs the continuous-batching generator on a
-background thread (`model.engine.AsyncEngine`); torch is imported there, so only a server that chooses
+background thread (`model.async_engine.AsyncEngine`); torch is imported there, so only a server that chooses
 `engine: native` ever loads it. Each chat request is rendered with the checkpoint's chat template,
 generated, and parsed into reasoning, content and tool calls; with `return_token_ids` the assistant message
 carries `prompt_token_ids`, `generation_token_ids` and `generation_log_probs`: exactly the ids the model
@@ -54,6 +54,7 @@ from servers.policy.engines.base import Engine, EngineConfig, EngineError, Weigh
 log = logging.getLogger(__name__)
 
 THINK_START, THINK_END = "<think>", "</think>"
+_STOPPING = "the native engine is shutting down; send the request to another replica or retry after a restart"
 _TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 # Template variables the engine sets itself; a request's chat_template_kwargs cannot replace them.
 _RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
@@ -76,6 +77,8 @@ class NativeConfig(EngineConfig):
     thinking_grace: int = Field(500, ge=0)  # past the budget, tokens to wait for a newline before forcing </think>
     return_token_ids: bool = True  # put the token fields on every generation (training)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
+    request_timeout: float | None = Field(None, gt=0)  # seconds a generation may take before it is dropped (504)
+    close_timeout: float = Field(10.0, gt=0)  # seconds shutdown waits for the engine's current step
 
 
 class VllmXargs(BaseModel):
@@ -129,6 +132,7 @@ class NativeEngine(Engine):
         self.retokenized_prompts = 0  # prompts with earlier-turn ids that had to be tokenized whole
         self._warned_retokenize = False
         self._weight_updates = 0
+        self._stopping = False
         self._weights_lock = asyncio.Lock()  # one update at a time: each reads a whole checkpoint
 
     async def start(self) -> None:
@@ -139,7 +143,7 @@ class NativeEngine(Engine):
     def _load(self) -> None:
         import torch
 
-        from model.engine import AsyncEngine
+        from model.async_engine import AsyncEngine
         from model.engine import Engine as Generator
         from model.loader import load
         from model.prefix_cache import PrefixCache
@@ -163,10 +167,11 @@ class NativeEngine(Engine):
                  cfg.max_batch, cfg.max_len)
 
     async def close(self) -> None:
-        """Stop the generation thread; requests still in flight fail."""
+        """Stop the generation thread (bounded by `close_timeout`); requests in flight or arriving now fail (503)."""
         if self._runner is not None:
+            self._stopping = True
             runner, self._runner = self._runner, None
-            await asyncio.to_thread(runner.close)
+            await asyncio.to_thread(runner.close, self.config.close_timeout)
 
     async def update_weights(self, source: WeightSource) -> str:
         """Read new weights off the event loop, then swap them in between two decode steps; the new version.
@@ -278,19 +283,28 @@ class NativeEngine(Engine):
 
     def _require_started(self) -> None:
         if self._runner is None:
-            raise EngineError("the native engine is not started (or already stopped)", 503, "unavailable")
+            raise EngineError(_STOPPING if self._stopping else "the native engine is not started", 503, "unavailable")
 
     async def _generate(self, ids: list[int], params: Any) -> Any:
-        """Run one generation on the engine thread; failures become EngineErrors with the right status."""
+        """Run one generation on the engine thread; failures become EngineErrors with the right status.
+
+        Cancelling the caller (its client went away) or passing `request_timeout` removes the request from
+        the engine before the next decode step.
+        """
+        from model.async_engine import EngineClosed
         from model.engine import GenerationRequest
 
+        timeout = self.config.request_timeout
         try:
-            return await self._runner.submit(GenerationRequest(ids, params))
+            return await asyncio.wait_for(self._runner.submit(GenerationRequest(ids, params)), timeout)
+        except TimeoutError:
+            raise EngineError(f"the generation passed its deadline (request_timeout: {timeout} s); ask for fewer "
+                              "max_tokens or raise request_timeout", 504, "timeout") from None
+        except EngineClosed:
+            raise EngineError(_STOPPING, 503, "unavailable") from None
         except ValueError as exc:
             raise EngineError(f"invalid request: {exc}", 422, "invalid_request") from None
-        except Exception as exc:  # noqa: BLE001 -- a failed engine step or a stopped engine, not the caller's fault
-            if self._runner is None:
-                raise EngineError("the native engine stopped while generating", 503, "unavailable") from None
+        except Exception as exc:  # noqa: BLE001 -- a failed engine step, not the caller's fault
             raise EngineError(f"generation failed: {type(exc).__name__}: {exc}", 500, "engine_error") from None
 
     def _check_vocabulary(self, ids: list[int], what: str) -> None:
