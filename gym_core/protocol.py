@@ -307,7 +307,7 @@ class ChatMessage(TokenFields):
 
 
 class ChatCompletionRequest(WireModel):
-    """The chat-completions request subset we serve (n=1); unknown keys (top_k, chat_template_kwargs) pass."""
+    """The chat-completions request; unknown keys (top_k, chat_template_kwargs, ...) pass to the engine."""
 
     messages: list[ChatMessage]
     model: str | None = None
@@ -319,8 +319,32 @@ class ChatCompletionRequest(WireModel):
     max_completion_tokens: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: Literal[1] = 1
-    stream: Literal[False] | None = None
+    n: int = Field(1, ge=1, le=128)  # samples of the prompt (an engine may refuse more than 1)
+    logprobs: bool | None = None  # each generated token's log-prob in the choice's `logprobs.content`
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many most likely alternatives (needs logprobs)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None  # {"include_usage": true}: a last chunk with the usage
+
+
+class TopLogprob(WireModel):
+    """An alternative token at one position (the `openai` SDK's TopLogprob / LogprobTopLogprob)."""
+
+    token: str
+    bytes: list[int] | None = None
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log-prob and its alternatives (ChatCompletionTokenLogprob, Responses' Logprob)."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(WireModel):
+    """A chat choice's `logprobs`."""
+
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
 
 
 class ChatChoice(WireModel):
@@ -330,6 +354,7 @@ class ChatChoice(WireModel):
     index: int = 0
     message: ChatMessage
     finish_reason: str | None = "stop"
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatUsage(WireModel):

@@ -50,6 +50,20 @@ class AsyncEngine:
             self.cancel(request.request_id)
             raise
 
+    async def submit_all(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        """Queue requests together (they reach the engine in the same step, as the samples of one prompt sharing
+        its prefill must) and wait for all; a failure or a cancellation removes the others from the engine."""
+        futures = []
+        try:
+            for request in requests:
+                futures.append(self._register(request.request_id))
+            self._inbox.put(tuple(requests))
+            return list(await asyncio.gather(*futures))
+        except BaseException:
+            for request in requests:
+                self.cancel(request.request_id)
+            raise
+
     def cancel(self, request_id: str) -> None:
         """Remove a request from the engine before its next step (waiting or running); unknown ids are ignored."""
         with self._lock:
@@ -118,6 +132,9 @@ class AsyncEngine:
                 block = False
                 if isinstance(item, GenerationRequest):
                     self._add(item)
+                elif isinstance(item, tuple):
+                    for request in item:
+                        self._add(request)
                 elif isinstance(item, _Abort):
                     if self.engine.abort(item.request_id):
                         self.cancelled += 1

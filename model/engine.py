@@ -26,6 +26,7 @@ import torch
 
 from model.prefix_cache import PrefixCache
 from model.sampling import SamplingParams, make_generator, sample
+from model.shared_prefill import SharedPrefills
 
 __all__ = ["Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
            "SamplingParams"]
@@ -41,6 +42,7 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    prefill_group: str | None = None  # requests with one group key and one prompt share its prefill (n samples)
 
 
 @dataclass
@@ -56,6 +58,7 @@ class GenerationResult:
     num_reasoning_tokens: int | None = None  # tokens before </think>; None unless the prompt opened reasoning
     cached_tokens: int = 0  # prompt tokens restored from the prefix cache instead of prefilled
     weights_version: str = "0"  # the weights when the request was admitted (a later swap may have served its tail)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token, when the params asked for alternatives
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class EngineStats:
     """Counters for tests and benchmarks."""
 
     prefill_tokens: int = 0  # prompt tokens run through the model in prefill chunks
-    cached_tokens: int = 0  # prompt tokens skipped thanks to the prefix cache
+    cached_tokens: int = 0  # prompt tokens skipped thanks to the prefix cache or a sibling's prefill
     decode_tokens: int = 0  # tokens run through the model in decode steps
     steps: int = 0
 
@@ -96,6 +99,7 @@ class _Sequence:
     thinking: bool  # inside reasoning with a budget to enforce
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)  # alternatives per token, when asked
     forcing: list[int] = field(default_factory=list)  # rest of the end-of-reasoning sequence to force
     next_logits: torch.Tensor | None = None  # logits the last token was sampled from
     cached: int = 0
@@ -133,6 +137,7 @@ class Engine:
         self.weights_version = "0"  # a label for the weights being served; swap_weights sets it
         self._waiting: deque[GenerationRequest] = deque()
         self._running: dict[int, _Sequence] = {}
+        self._shared = SharedPrefills()
         self._compiled_decode = None
         if compile:
             # One graph per span bucket; raise dynamo's per-function limit so none falls back to eager.
@@ -152,6 +157,8 @@ class Engine:
             raise ValueError("stop strings need a detokenizer: pass `tokenizer` or `detokenize` to the Engine")
         if request.params.thinking_budget is not None and self.reasoning is None:
             raise ValueError("thinking_budget needs think token ids: pass `tokenizer` or `reasoning` to the Engine")
+        if request.prefill_group is not None:
+            self._shared.added(request.prefill_group)
         self._waiting.append(request)
 
     def has_work(self) -> bool:
@@ -173,10 +180,14 @@ class Engine:
         for i, request in enumerate(self._waiting):
             if request.request_id == request_id:
                 del self._waiting[i]
+                if request.prefill_group is not None:
+                    self._shared.aborted(request.prefill_group, None)
                 return True
         for slot, seq in self._running.items():
             if seq.request.request_id == request_id:
                 del self._running[slot]
+                if seq.request.prefill_group is not None:
+                    self._shared.aborted(seq.request.prefill_group, seq)
                 return True
         return False
 
@@ -184,6 +195,7 @@ class Engine:
         """Drop every waiting and running request (their slots become free)."""
         self._waiting.clear()
         self._running.clear()
+        self._shared.clear()
 
     def swap_weights(self, state: dict[str, torch.Tensor], version: str) -> None:
         """Copy every tensor of `state` (as `model.loader.read_weights` builds it) into the model, in place.
@@ -206,6 +218,7 @@ class Engine:
             for name, tensor in state.items():
                 live[name].copy_(tensor)
         self.prefix_cache.clear()
+        self._shared.drop_states()
         self.weights_version = version
 
     @torch.inference_mode()
@@ -221,23 +234,40 @@ class Engine:
 
     # ---- scheduling -------------------------------------------------------------------------------
     def _admit(self) -> None:
-        """Move waiting requests into free slots, restoring the longest cached prefix of each prompt."""
+        """Move waiting requests into free slots, in order; a sample whose sibling is prefilling its prompt waits."""
         free = [s for s in range(self.max_batch) if s not in self._running]
+        if not free or not self._waiting:
+            return
+        held: deque[GenerationRequest] = deque()
         while free and self._waiting:
-            request, slot = self._waiting.popleft(), free.pop(0)
-            prompt = request.prompt_token_ids
-            seq = _Sequence(request, slot, make_generator(request.params.seed, self.device), list(prompt),
-                            thinking=request.params.thinking_budget is not None and self._opens_reasoning(prompt),
-                            weights_version=self.weights_version)
-            snap = self.prefix_cache.longest_prefix(prompt)
-            if snap is None:
-                self.pool.reset(slot)
+            request = self._waiting.popleft()
+            if request.prefill_group is not None and self._shared.must_wait(request.prefill_group):
+                held.append(request)
             else:
-                self.pool.restore(slot, snap.state)
-                seq.pending, seq.cached = list(prompt[len(snap.tokens):]), len(snap.tokens)
-                seq.next_logits = snap.next_logits
-                self.stats.cached_tokens += seq.cached
-            self._running[slot] = seq
+                self._start(request, free.pop(0))
+        held.extend(self._waiting)
+        self._waiting = held
+
+    def _start(self, request: GenerationRequest, slot: int) -> None:
+        """Put a request in a slot, from a sibling's prefilled prompt or the longest cached prefix of its prompt."""
+        prompt = request.prompt_token_ids
+        seq = _Sequence(request, slot, make_generator(request.params.seed, self.device), list(prompt),
+                        thinking=request.params.thinking_budget is not None and self._opens_reasoning(prompt),
+                        weights_version=self.weights_version)
+        shared = self._shared.admit(request.prefill_group, seq) if request.prefill_group is not None else None
+        snap = None if shared is not None else self.prefix_cache.longest_prefix(prompt)
+        if shared is not None:
+            state, seq.next_logits = shared
+            self.pool.restore(slot, state)
+            seq.pending, seq.cached = [], len(prompt)
+        elif snap is not None:
+            self.pool.restore(slot, snap.state)
+            seq.pending, seq.cached = list(prompt[len(snap.tokens):]), len(snap.tokens)
+            seq.next_logits = snap.next_logits
+        else:
+            self.pool.reset(slot)
+        self.stats.cached_tokens += seq.cached
+        self._running[slot] = seq
 
     def _prefill(self) -> list[GenerationResult]:
         """Run prompt chunks, oldest sequence first, until the step's token budget is spent.
@@ -260,6 +290,10 @@ class Engine:
             self.stats.prefill_tokens += ids.numel()
         # Sample the first token of every prompt now complete, whether prefilled or restored whole from the cache.
         firsts = [seq for seq in self._running.values() if not seq.pending and not seq.tokens]
+        for seq in firsts:
+            if seq.request.prefill_group is not None:
+                self._shared.prefilled(seq.request.prefill_group, seq,
+                                       lambda seq=seq: (self.pool.snapshot(seq.slot), seq.next_logits.clone()))
         return self._emit(firsts, torch.stack([seq.next_logits for seq in firsts])) if firsts else []
 
     def _decode(self, seqs: list[_Sequence]) -> list[GenerationResult]:
@@ -300,12 +334,14 @@ class Engine:
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[GenerationResult]:
         """Sample (or force) one token per sequence from its logits row, then retire finished ones."""
         forced = [self._forced_token(s) for s in seqs]
-        tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], forced)
+        tokens, logprobs, top = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], forced)
         rows = logits.unbind(0)  # one call instead of a select per row
         finished = []
         for i, seq in enumerate(seqs):
             seq.tokens.append(tokens[i])
             seq.logprobs.append(logprobs[i])
+            if top[i] is not None:
+                seq.top.append(top[i])
             seq.next_logits = rows[i]
             if seq.thinking and tokens[i] == self.reasoning.end:
                 seq.thinking = False
@@ -364,7 +400,7 @@ class Engine:
             request_id=seq.request.request_id, prompt_token_ids=list(seq.request.prompt_token_ids),
             token_ids=seq.tokens, logprobs=seq.logprobs, finish_reason=reason, text=text,
             num_reasoning_tokens=self._reasoning_count(seq), cached_tokens=seq.cached,
-            weights_version=seq.weights_version,
+            weights_version=seq.weights_version, top_logprobs=seq.top if seq.params.top_logprobs else None,
         )
 
     def _reasoning_count(self, seq: _Sequence) -> int | None:

@@ -89,6 +89,9 @@ class PolicyServer(GymServer):
             body = ChatCompletionRequest.model_validate(loads(await request.body()))
         except (ValidationError, ValueError) as err:
             return self._versioned(_invalid(err))
+        refused = self._refused(body)
+        if refused is not None:
+            return self._versioned(refused)
         try:
             completion = await unless_disconnected(request, self.engine.chat(body, session_id=session_id_of(request)))
         except EngineError as err:
@@ -144,6 +147,15 @@ class PolicyServer(GymServer):
         self.weights = WeightsInfo(model_version=version, source=where, loaded_at=time.time(),
                                    updates=self.weights.updates + 1)
         return self._versioned(JSONResponse(self.weights), version)
+
+    def _refused(self, body: ChatCompletionRequest) -> JSONResponse | None:
+        """A 422 for what the engine cannot do with this request, before it is sent there."""
+        if body.n > 1 and not self.engine.supports_n:
+            return error_response(422, f"the {self.config.engine} engine answers one choice; send n: 1 (engine: "
+                                       "native samples n > 1 sharing one prefill)", "unsupported_parameter")
+        if body.stream:
+            return error_response(422, "streaming is not supported; send stream: false")
+        return None
 
     def _stamp(self, completion: ChatCompletionResponse) -> str:
         """The version that produced `completion`, written into its metadata (the engine's, else the current)."""

@@ -114,3 +114,19 @@ async def test_call_runs_between_steps_and_returns_or_raises():
             await runner.call(lambda e: 1 / 0)
     finally:
         assert runner.close()
+
+
+async def test_submit_all_hands_the_samples_of_a_prompt_over_together_so_they_share_its_prefill():
+    engine = make_engine(max_batch=2, prefill_chunk=4)
+    runner = AsyncEngine(engine)
+    prompt = list(range(1, 10))
+    try:
+        for round_ in range(3):  # the engine is idle and steps at once: each batch must still arrive whole
+            before = engine.stats.prefill_tokens
+            samples = [GenerationRequest(prompt, SamplingParams(seed=i, max_tokens=3), prefill_group=f"g{round_}")
+                       for i in range(3)]
+            results = await runner.submit_all(samples)
+            assert [r.request_id for r in results] == [r.request_id for r in samples]
+            assert engine.stats.prefill_tokens - before == len(prompt)
+    finally:
+        assert runner.close()

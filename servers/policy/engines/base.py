@@ -64,6 +64,8 @@ class Engine(ABC):
     """Generates chat completions for the policy server."""
 
     config_model: ClassVar[type[EngineConfig]] = EngineConfig
+    # Whether `chat` answers n > 1 choices; the policy server refuses n > 1 (422) for engines that do not.
+    supports_n: ClassVar[bool] = False
 
     def __init__(self, config: EngineConfig, model_name: str) -> None:
         self.config = config

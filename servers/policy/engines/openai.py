@@ -111,7 +111,7 @@ class OpenAIEngine(Engine):
             return ChatCompletionResponse(model=body["model"], choices=[
                 ChatChoice(message=ChatMessage(role="assistant", content=""), finish_reason="length")])
         if training:
-            asked = bool((request.model_extra or {}).get("logprobs"))  # the client's own logprobs stay
+            asked = bool(request.logprobs)  # the client's own logprobs stay
             tokens = self._take(vllm_tokens.take_chat_tokens, reply, asked)
             if tokens.prompt is None:
                 tokens.prompt = await self._prompt_ids(request, session_id)
