@@ -397,8 +397,7 @@ async def aiter_sse(response: httpx.Response) -> AsyncIterator[str]:
                 yield "\n".join(data)
                 data = []
         elif line.startswith("data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
+            data.append(line[5:].removeprefix(" "))
         # comments (":..."), `event:`, `id:` and `retry:` lines carry nothing the callers here use
     if data:
         yield "\n".join(data)
