@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
@@ -49,6 +50,7 @@ class PolicyServer(GymServer):
     def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
         super().__init__(name, config)
         self.engine: Engine = create_engine(self.config.engine, self.config.model_dump(), name)
+        self._created = int(time.time())  # `created` of the served model (the SDK's Model requires it)
 
     async def startup(self) -> None:
         """Start the engine."""
@@ -91,7 +93,8 @@ class PolicyServer(GymServer):
         return JSONResponse(chat_to_response(completion, params))
 
     async def _models_route(self) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": self.engine.model_name, "object": "model", "owned_by": "gym"}]}
+        model = {"id": self.engine.model_name, "object": "model", "created": self._created, "owned_by": "gym"}
+        return {"object": "list", "data": [model]}
 
 
 async def _serve(request: Request, schema: type[WireModel],
