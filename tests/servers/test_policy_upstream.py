@@ -272,3 +272,26 @@ async def test_a_failed_weight_update_resumes_vllm_and_keeps_the_version(serve, 
     with pytest.raises(EngineError, match="VLLM_SERVER_DEV_MODE=1 and --weight-transfer-config") as hint:
         await plain.update_weights(WeightSource(data=b"w"))
     assert hint.value.status == 501
+
+
+async def test_the_weights_route_drives_vllm_and_stamps_the_new_version(serve, tmp_path):
+    calls: list = []
+    chat = vllm_double([])
+    chat.router.routes.extend(weight_transfer_double(calls).router.routes)  # one upstream serving both
+    upstream = await serve(chat)
+    policy = await serve(PolicyServer("policy", {"engine": "openai", "base_url": upstream + "/v1"}).build_app())
+    client = get_client()
+    checkpoint = tmp_path / "step-7"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"w7")
+    reply = await client.post(policy, "/v1/weights", {"path": str(checkpoint), "version": "step-7"})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["model_version"] == "step-7" and reply.headers["x-model-version"] == "step-7"
+    assert ("/finish_weight_update", {"weight_version": "step-7"}) in calls
+    answer = await client.post(policy, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+    assert answer.headers["x-model-version"] == "step-7"
+    uploaded = await client.request("POST", policy, "/v1/weights", content=b"w8",
+                                    headers={"content-type": "application/octet-stream"})
+    assert uploaded.json()["model_version"] == "step-7+1"
+    assert calls[-3][1]["files"] == {"model.safetensors": b"w8"}
+    assert (await client.get(policy, "/v1/weights")).json()["model_version"] == "step-7+1"
