@@ -26,7 +26,7 @@ from tests.conformance import sdk
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = [json.loads(line) for line in (ROOT / "environments/weather/data/example.jsonl").read_text().splitlines()]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from stub_upstream import start_stub  # noqa: E402
+from stub_upstream import start_stub
 
 
 @pytest.fixture(scope="module")

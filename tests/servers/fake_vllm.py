@@ -21,7 +21,7 @@ from pathlib import Path
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from stub_upstream import build_app  # noqa: E402
+from stub_upstream import build_app
 
 
 def main() -> None:

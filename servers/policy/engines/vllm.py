@@ -125,7 +125,7 @@ class VLLMEngine(OpenAIEngine):
         if process is not None:
             await _stop_group(process, self.config.stop_timeout_s)
         if self._log_reader is not None:
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._log_reader, timeout=2)
             self._log_reader = None
 
@@ -143,7 +143,7 @@ class VLLMEngine(OpenAIEngine):
                 raise EngineError(f"vLLM did not answer GET /health within {self.config.start_timeout_s:g} s "
                                   f"(raise start_timeout_s, and gym up --start-timeout with it); its last log "
                                   f"lines:\n{self._tail()}", 500)
-            with contextlib.suppress(asyncio.TimeoutError):
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self.process.wait()), timeout=0.5)
 
     async def _forward_log(self) -> None:
@@ -181,7 +181,7 @@ async def _stop_group(process: asyncio.subprocess.Process, grace_s: float) -> No
         _signal_group(process.pid, signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), timeout=grace_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     _signal_group(process.pid, signal.SIGKILL)  # workers vLLM left behind, or a leader that ignored SIGTERM
     await process.wait()
