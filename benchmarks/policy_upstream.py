@@ -55,15 +55,17 @@ def start_stack(overrides: tuple[str, ...] = ()) -> Iterator[tuple[Stack, dict[s
 
 async def measure_window(agent_url: str, pids: dict[str, int], rollouts: int, concurrency: int,
                          workdir: Path) -> dict[str, float]:
-    """One measured window: CPU ms per rollout of each process, policy ms per model call, and rollouts/s."""
+    """One measured window: CPU ms per rollout of each process, policy ms per model call, rollouts/s, failures.
+
+    Failed rollouts (timeouts, errors) are counted, not hidden: the rates are per successful rollout.
+    """
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     done, failed, wall = await collect_window(agent_url, rollouts, concurrency, workdir / f"c{concurrency}.jsonl")
     after = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    if failed:
-        raise RuntimeError(f"{failed} of {rollouts} rollouts failed at concurrency {concurrency}; see {workdir}")
-    row: dict[str, float] = {name: 1000 * (after[name] - before[name]) / done for name in pids}
+    row: dict[str, float] = {name: 1000 * (after[name] - before[name]) / max(done, 1) for name in pids}
     row["policy/call"] = row["policy"] / CALLS_PER_ROLLOUT
     row["rollouts/s"] = done / wall
+    row["failed"] = failed
     row["concurrency"] = concurrency
     return row
 
@@ -94,10 +96,11 @@ def measure(stack: Stack, pids: dict[str, int], args: argparse.Namespace, workdi
 def report(rows: list[dict[str, float]], args: argparse.Namespace) -> str:
     """The markdown table and the verdict on both targets."""
     names = ["collector", "agent", "weather", "policy", "stub"]
-    lines = ["| concurrency | " + " | ".join(f"{n} ms/rollout" for n in names) + " | policy ms/call | rollouts/s |",
-             "|---:|" + "---:|" * (len(names) + 2)]
+    lines = ["| concurrency | " + " | ".join(f"{n} ms/rollout" for n in names)
+             + " | policy ms/call | rollouts/s | failed |", "|---:|" + "---:|" * (len(names) + 3)]
     for row in rows:
-        cells = [f"{row[n]:.2f}" for n in names] + [f"{row['policy/call']:.2f}", f"{row['rollouts/s']:.0f}"]
+        cells = [f"{row[n]:.2f}" for n in names] + [f"{row['policy/call']:.2f}", f"{row['rollouts/s']:.0f}",
+                                                     f"{int(row['failed'])}"]
         lines.append(f"| {int(row['concurrency'])} | " + " | ".join(cells) + " |")
     worst = max(row["policy/call"] for row in rows)
     lines += ["", f"Policy server CPU per model call: at most {worst:.2f} ms (target <= {POLICY_TARGET_MS_PER_CALL:g}): "
