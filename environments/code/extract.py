@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from servers.answers import strip_reasoning
+
 
 MAX_CODE_CHARS = 64_000  # longer code is not run (the answer region itself is capped far above this)
 _FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.S)
@@ -25,12 +27,7 @@ def extract_code(text: str) -> str | None:
 
 def _region(text: str) -> str:
     """After any reasoning, at most 4 x MAX_CODE_CHARS from the end."""
-    _, closed, tail = text.rpartition("</think>")
-    if closed:
-        text = tail
-    elif "<think>" in text:
-        return ""
-    return text[-4 * MAX_CODE_CHARS:]
+    return strip_reasoning(text)[-4 * MAX_CODE_CHARS:]
 
 
 def _compiles(source: str) -> bool:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from environments.instruction_following.constraints import build
+from servers.answers import strip_reasoning
 from servers.resources import ResourcesServer, Session, VerifyRequest, final_answer
-from servers.answers import answer_region
 
 
 class InstructionFollowing(ResourcesServer):
@@ -16,7 +16,7 @@ class InstructionFollowing(ResourcesServer):
         if not isinstance(specs, list) or not specs:
             raise ValueError("an instruction_following row needs a non-empty `constraints` list")
         constraints = [build(spec) for spec in specs]
-        text = _answer_text(final_answer(row.response))
+        text = strip_reasoning(final_answer(row.response))
         results = [c.check(text) for c in constraints]
         return {
             "reward": sum(results) / len(results),
@@ -24,9 +24,3 @@ class InstructionFollowing(ResourcesServer):
             "constraint_results": [{"type": c.type.name, "satisfied": ok} for c, ok in zip(constraints, results)],
         }
 
-
-def _answer_text(text: str) -> str:
-    """The response after any reasoning (`<think>` that never closed means no response)."""
-    if "</think>" in text or "<think>" in text:
-        return answer_region(text) if "</think>" in text else ""
-    return text
