@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from environments.math.app import Math
-from environments.math.grading import gold_text, grade
+from environments.math.grading import gold_text, grade, warm_up
 from environments.math.verify_pool import TaskFailed, TaskTimeout, VerifyPool
 from gym_core.config import load_config
 from gym_core.protocol import TaskRow
@@ -90,7 +90,7 @@ def _fail() -> None:
 
 @pytest.mark.timeout(120)
 async def test_a_hung_grading_is_killed_and_the_pool_keeps_serving():
-    pool = VerifyPool(1, timeout_s=2.0)
+    pool = VerifyPool(1, timeout_s=5.0, warm_up=warm_up)  # sympy's import is the warm-up's, not a task's
     try:
         with pytest.raises(TaskTimeout):
             await pool.run(_sleep_forever)
@@ -104,7 +104,7 @@ async def test_a_hung_grading_is_killed_and_the_pool_keeps_serving():
 
 @pytest.mark.timeout(120)
 def test_a_pathological_answer_is_cut_off_as_reward_0_with_a_flag():
-    server = Math("math", {"grading_workers": 1, "parse_timeout_s": 60, "hard_timeout_s": 1.0})
+    server = Math("math", {"grading_workers": 1, "parse_timeout_s": 60, "hard_timeout_s": 3.0})
     with TestClient(server.build_app(), headers={"X-Session-Id": "s"}) as c:
         tower = r"\boxed{2^{2^{2^{2^{2^{2}}}}}}"
         body = c.post("/verify", json={**ROWS[0], "response": answer(tower)}).json()
