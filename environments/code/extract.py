@@ -6,9 +6,8 @@ import re
 
 from servers.answers import strip_reasoning
 
-
 MAX_CODE_CHARS = 64_000  # longer code is not run (the answer region itself is capped far above this)
-_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.S)
+_FENCE = re.compile(r"```[ \t]*([\w+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 _PYTHON_TAGS = {"", "python", "python3", "py"}
 
 

@@ -63,7 +63,7 @@ async def run_tests(code: str, tests: list[dict[str, Any]], limits: SandboxLimit
     deadline = limits.startup_s + len(tests) * (limits.wall_s + 0.5)
     try:
         stdout, stderr = await asyncio.wait_for(_communicate(proc, dumps(job)), deadline)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return _failed(tests, f"the sandbox ran past its deadline of {deadline:g} s and was killed")
     finally:
         _kill_group(proc)

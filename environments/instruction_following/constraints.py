@@ -16,7 +16,7 @@ from typing import Any
 MAX_CHECK_CHARS = 200_000  # longer responses are checked on their first 200,000 characters
 WORD = re.compile(r"\b[\w'-]+\b")
 SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
-BULLET = re.compile(r"^\s*[*-]\s+\S", re.M)
+BULLET = re.compile(r"^\s*[*-]\s+\S", re.MULTILINE)
 TOPIC_WORDS = ["river", "garden", "engine", "library", "mountain", "harbor", "festival", "orbit", "bakery",
                "forest", "market", "signal", "island", "canvas", "bridge", "lantern"]
 
@@ -40,7 +40,7 @@ def _paragraphs(text: str) -> list[str]:
 
 def _json_body(text: str) -> Any:
     stripped = text.strip()
-    fence = re.fullmatch(r"```(?:json)?\s*\n?(.*?)\n?```", stripped, re.S | re.I)
+    fence = re.fullmatch(r"```(?:json)?\s*\n?(.*?)\n?```", stripped, re.DOTALL | re.IGNORECASE)
     try:
         return json.loads(fence.group(1) if fence else stripped)
     except (ValueError, RecursionError):
@@ -86,17 +86,17 @@ TYPES: dict[str, ConstraintType] = {t.name: t for t in [
     ConstraintType("paragraph_count", lambda t, value: len(_paragraphs(t)) == value,
                    lambda value: f"Write exactly {value} paragraphs, separated by blank lines.",
                    lambda r: {"value": r.randint(2, 4)}, "layout"),
-    ConstraintType("include_keywords", lambda t, keywords: all(re.search(rf"\b{re.escape(k)}\b", t, re.I)
+    ConstraintType("include_keywords", lambda t, keywords: all(re.search(rf"\b{re.escape(k)}\b", t, re.IGNORECASE)
                                                               for k in keywords),
                    lambda keywords: f"Include the keywords {', '.join(repr(k) for k in keywords)}.",
                    lambda r: {"keywords": r.sample(TOPIC_WORDS, 2)}),
-    ConstraintType("forbidden_words", lambda t, words: not any(re.search(rf"\b{re.escape(w)}\b", t, re.I)
+    ConstraintType("forbidden_words", lambda t, words: not any(re.search(rf"\b{re.escape(w)}\b", t, re.IGNORECASE)
                                                               for w in words),
                    lambda words: f"Do not use the words {', '.join(repr(w) for w in words)}.",
                    lambda r: {"words": r.sample(["very", "really", "thing", "good", "nice", "stuff"], 2)}),
     ConstraintType("keyword_frequency",
                    lambda t, keyword, relation, value: _compare(
-                       len(re.findall(rf"\b{re.escape(keyword)}\b", t, re.I)), relation, value),
+                       len(re.findall(rf"\b{re.escape(keyword)}\b", t, re.IGNORECASE)), relation, value),
                    lambda keyword, relation, value: f"Use the word {keyword!r} "
                                                     f"{_relation_text(relation, value, 'times')}.",
                    lambda r: {"keyword": r.choice(TOPIC_WORDS), "relation": "at_least", "value": r.randint(2, 4)}),
@@ -113,7 +113,7 @@ TYPES: dict[str, ConstraintType] = {t.name: t for t in [
                                  "each a line starting with '* ' or '- '.",
                    lambda r: {"value": r.randint(2, 5)}, "format"),
     ConstraintType("sections", lambda t, value, marker: len(re.findall(rf"^\s*{re.escape(marker)}\s+\d+", t,
-                                                                       re.M)) == value,
+                                                                       re.MULTILINE)) == value,
                    lambda value, marker: f"Your response must have {value} sections; start each with "
                                          f"'{marker} X' on its own line (X = 1, 2, ...).",
                    lambda r: {"value": r.randint(2, 4), "marker": r.choice(["SECTION", "PART"])}, "format"),
@@ -130,7 +130,7 @@ TYPES: dict[str, ConstraintType] = {t.name: t for t in [
                                                        relation, value),
                    lambda relation, value: f"Use {_relation_text(relation, value, 'words written in all capitals')}.",
                    lambda r: {"relation": "at_least", "value": r.randint(2, 4)}, "case"),
-    ConstraintType("starts_with", lambda t, phrase: re.match(rf"\s*{re.escape(phrase)}(?!\w)", t, re.I) is not None,
+    ConstraintType("starts_with", lambda t, phrase: re.match(rf"\s*{re.escape(phrase)}(?!\w)", t, re.IGNORECASE) is not None,
                    lambda phrase: f"Start your response with the exact phrase {phrase!r}.",
                    lambda r: {"phrase": r.choice(["Here is my answer", "To begin", "In short"])}, "start"),
     ConstraintType("ends_with", lambda t, phrase: _ends_with(t, phrase),
@@ -140,7 +140,7 @@ TYPES: dict[str, ConstraintType] = {t.name: t for t in [
     ConstraintType("placeholders", lambda t, value: len(re.findall(r"\[[^\[\]\n]+\]", t)) >= value,
                    lambda value: f"Include at least {value} placeholders in square brackets, like [address].",
                    lambda r: {"value": r.randint(1, 3)}),
-    ConstraintType("postscript", lambda t, marker: re.search(rf"^\s*{re.escape(marker)}", t, re.M | re.I) is not None,
+    ConstraintType("postscript", lambda t, marker: re.search(rf"^\s*{re.escape(marker)}", t, re.MULTILINE | re.IGNORECASE) is not None,
                    lambda marker: f"At the end of your response, add a postscript starting with {marker!r}.",
                    lambda r: {"marker": r.choice(["P.S.", "P.P.S"])}, "end"),
     ConstraintType("no_commas", lambda t: "," not in t,

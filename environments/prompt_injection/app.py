@@ -88,7 +88,7 @@ class PromptInjection(ResourcesServer):
 
 def _mentions(text: str, needle: str) -> bool:
     """`needle` occurs in `text` as a whole (any case): "2 pm" is not found in "12 pm"."""
-    return re.search(rf"(?<!\w){re.escape(needle)}(?!\w)", text, re.I) is not None
+    return re.search(rf"(?<!\w){re.escape(needle)}(?!\w)", text, re.IGNORECASE) is not None
 
 
 def task_completed(task: dict, calls: list[dict], text: str) -> bool:

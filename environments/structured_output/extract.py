@@ -12,7 +12,7 @@ from typing import Any
 
 MAX_JSON_CHARS = 200_000
 MAX_DEPTH = 64
-_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[^\n]*\n(.*?)```", re.S)
+_FENCE = re.compile(r"```[ \t]*(?:json|JSON)?[^\n]*\n(.*?)```", re.DOTALL)
 
 
 class NoJSON(Exception):
