@@ -27,7 +27,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a bounded request head: past the limits a 431 and the connection closes.
 
     Bytes are counted as they arrive while the head is incomplete, so an unterminated header line is refused after
-    about `MAX_HEAD_BYTES` (plus one read), not after the parser has buffered all of it.
+    about `max_head_bytes` plus one read, not after the parser has buffered all of it.
     """
 
     max_head_bytes = MAX_HEAD_BYTES
@@ -36,23 +36,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = self._chunk_bytes = 0
         self._header_count = 0
         self._refusal: str | None = None
 
     def data_received(self, data: bytes) -> None:
-        """Count head bytes before parsing; refuse once the head is over its limit."""
-        if self._in_head:
-            self._head_bytes += len(data)
-            if self._head_bytes > self.max_head_bytes:
-                self._refuse(f"the request line and headers exceed {self.max_head_bytes} bytes")
-                return
+        """Parse, then refuse if the head is still incomplete past its limit (body bytes never count)."""
+        self._chunk_bytes = len(data)
+        if not self._in_head:
+            super().data_received(data)
+            return
+        self._head_bytes += len(data)
         super().data_received(data)
+        if self._in_head and self._head_bytes > self.max_head_bytes:
+            self._refuse(f"the request line and headers exceed {self.max_head_bytes} bytes")
 
     def on_message_begin(self) -> None:
-        """A new request: its head starts counting from zero."""
+        """A new request: its head counts from the chunk it started in (all of it, to be safe)."""
         super().on_message_begin()
-        self._in_head, self._head_bytes, self._header_count = True, 0, 0
+        self._in_head, self._head_bytes, self._header_count = True, self._chunk_bytes, 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Count headers; past the limit the parser stops (uvicorn then calls `send_400_response`)."""

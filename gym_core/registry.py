@@ -86,9 +86,9 @@ class Registry:
         self._on_shutdown()
         return True
 
-    def build_app(self) -> FastAPI:
+    def build_app(self, body_timeout_s: float = REGISTRY_BODY_TIMEOUT_S) -> FastAPI:
         """The registry's HTTP routes, behind the common edge."""
-        server = RegistryServer(self)
+        server = RegistryServer(self, body_timeout_s)
         server.auth = self.auth
         return server.build_app()
 
@@ -99,9 +99,8 @@ class RegistryServer(GymServer):
     kind: ClassVar[str] = "registry"
     admin_routes: ClassVar[frozenset[tuple[str, str]]] = MUTATING_ROUTES
 
-    def __init__(self, registry: Registry) -> None:
-        super().__init__("registry", {"max_request_bytes": REGISTRY_MAX_REQUEST_BYTES,
-                                      "body_timeout_s": REGISTRY_BODY_TIMEOUT_S})
+    def __init__(self, registry: Registry, body_timeout_s: float = REGISTRY_BODY_TIMEOUT_S) -> None:
+        super().__init__("registry", {"max_request_bytes": REGISTRY_MAX_REQUEST_BYTES, "body_timeout_s": body_timeout_s})
         self.registry = registry
 
     def add_routes(self, app: FastAPI) -> None:
