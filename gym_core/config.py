@@ -99,7 +99,8 @@ def load_config(source: str | Path | Mapping[str, Any] | GymConfig, overrides: S
     interpolator = _Interpolator(data, origins)
     data = interpolator.resolve()
     config = _validate(data, origins)
-    config._secret_env = frozenset(var for path, var in interpolator.env_refs if looks_secret(path[-1]))
+    inherited = source.secret_env_vars if isinstance(source, GymConfig) else frozenset()
+    config._secret_env = inherited | {var for path, var in interpolator.env_refs if looks_secret(path[-1])}
     return config
 
 
