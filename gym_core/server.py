@@ -112,7 +112,7 @@ class GymServer:
             "body_timeout_s": getattr(self.config, "body_timeout_s", 30.0),
             "signer": SessionSigner(getattr(self.config, "session_secret", None)),
             "auth": self.auth,
-            "admin_routes": self.admin_routes,
+            "admin_routes": frozenset(self.admin_routes),
         }
         app.add_middleware(EdgeMiddleware, **edge)
         app.fast_edge = EdgeMiddleware(app.call_fast_endpoint, **edge)
