@@ -20,7 +20,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,7 +28,7 @@ from model.prefix_cache import PrefixCache
 from model.sampling import SamplingParams, make_generator, sample
 from model.shared_prefill import SharedPrefills
 
-__all__ = ["Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
+__all__ = ["Delta", "Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
            "SamplingParams"]
 
 
@@ -43,6 +43,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     prefill_group: str | None = None  # requests with one group key and one prompt share its prefill (n samples)
+    stream: bool = False  # publish each token in `Engine.deltas` as it is sampled
 
 
 @dataclass
@@ -59,6 +60,16 @@ class GenerationResult:
     cached_tokens: int = 0  # prompt tokens restored from the prefix cache instead of prefilled
     weights_version: str = "0"  # the weights when the request was admitted (a later swap may have served its tail)
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per token, when the params asked for alternatives
+
+
+class Delta(NamedTuple):
+    """One token of a streaming request, as sampled (the end-of-turn id too)."""
+
+    request_id: str
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] | None
+    weights_version: str  # the weights when the request was admitted
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,7 @@ class Engine:
         self._waiting: deque[GenerationRequest] = deque()
         self._running: dict[int, _Sequence] = {}
         self._shared = SharedPrefills()
+        self.deltas: list[Delta] = []  # tokens of streaming requests since the caller last took them
         self._compiled_decode = None
         if compile:
             # One graph per span bucket; raise dynamo's per-function limit so none falls back to eager.
@@ -342,6 +354,8 @@ class Engine:
             seq.logprobs.append(logprobs[i])
             if top[i] is not None:
                 seq.top.append(top[i])
+            if seq.request.stream:
+                self.deltas.append(Delta(seq.request.request_id, tokens[i], logprobs[i], top[i], seq.weights_version))
             seq.next_logits = rows[i]
             if seq.thinking and tokens[i] == self.reasoning.end:
                 seq.thinking = False

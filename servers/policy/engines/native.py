@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import Field
@@ -41,6 +42,7 @@ from servers.policy.engines.native_request import (
     native_params,
     sampling_params,
 )
+from servers.policy.engines.native_stream import chat_chunks
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +208,29 @@ class NativeEngine(Engine):
                                       usage=chat_usage(len(prompt.ids), results),
                                       metadata={"model_version": results[0].weights_version})
 
+    async def chat_stream(self, request: ChatCompletionRequest, *,
+                          session_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """`chat.completion.chunk` dicts as the tokens are sampled (see `native_stream`); usage on the last."""
+        self._require_started()
+        extras = native_params(request)
+        check_chat_request(request)
+        if request.n > 1:
+            raise EngineError("stream: true takes n: 1 with the native engine; send n: 1, or stream: false for "
+                              "n samples", 422, "unsupported_parameter")
+        prompt = await asyncio.to_thread(self.prompts.build, request, extras)
+        room = self.config.max_len - len(prompt.ids)
+        top = (request.top_logprobs or 0) if request.logprobs else 0
+        params = self._sampling(request, extras, room, top_logprobs=top)
+        batches = self._stream(prompt.ids, params) if room > 0 else _one([_nothing(prompt.ids, self.model_version)])
+        chunks = chat_chunks(batches, request=request, prompt=prompt, pieces=self.pieces, params=params,
+                             model=self.model_name, return_token_ids=self.config.return_token_ids,
+                             parallel_tool_calls=extras.parallel_tool_calls)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
+
     async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
         """Continue a raw prompt (text, tokenized as is without a BOS, or token ids); no chat template."""
         self._require_started()
@@ -286,6 +311,37 @@ class NativeEngine(Engine):
         except Exception as exc:  # noqa: BLE001 -- a failed engine step, not the caller's fault
             raise EngineError(f"generation failed: {type(exc).__name__}: {exc}", 500, "engine_error") from None
         return [result] if len(requests) == 1 else result
+
+
+    async def _stream(self, ids: list[int], params: Any) -> AsyncIterator[list[Any]]:
+        """The engine's batches of one streaming generation; failures become EngineErrors, as in `_generate_all`."""
+        from model.async_engine import EngineClosed
+        from model.engine import GenerationRequest
+
+        batches = self._runner.stream(GenerationRequest(ids, params))
+        timeout = self.config.request_timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                left = None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0)
+                try:
+                    batch = await asyncio.wait_for(anext(batches), left)
+                except StopAsyncIteration:
+                    return
+                yield batch
+        except TimeoutError:
+            raise EngineError(f"the generation passed its deadline (request_timeout: {timeout} s)", 504,
+                              "timeout") from None
+        except EngineClosed:
+            raise EngineError(_STOPPING, 503, "unavailable") from None
+        except ValueError as exc:
+            raise EngineError(f"invalid request: {exc}", 422, "invalid_request") from None
+        finally:
+            await batches.aclose()
+
+
+async def _one(batch: list[Any]) -> AsyncIterator[list[Any]]:
+    yield batch
 
 
 def _nothing(prompt_ids: list[int], version: str) -> Any:
