@@ -209,6 +209,25 @@ class Engine:
         self._running.clear()
         self._shared.clear()
 
+    @torch.inference_mode()
+    def warm_up(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Compile the decode step (compile=True) for every attention span it can meet, so that no request waits
+        on a compilation; the number of spans. Inactive rows leave the pool untouched, so this serves nothing.
+
+        `progress(done, total)` is called after each span (a compilation takes seconds to a minute on CPU).
+        """
+        if self._compiled_decode is None:
+            return 0
+        lengths = [0, *(1 << k for k in range(self.max_len.bit_length()))]
+        spans = sorted({self._span(n) for n in lengths if n < self.max_len})
+        tokens = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
+        idle = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)
+        for done, span in enumerate(spans, 1):
+            self._compiled_decode(tokens, self.pool, idle, span)
+            if progress is not None:
+                progress(done, len(spans))
+        return len(spans)
+
     def swap_weights(self, state: dict[str, torch.Tensor], version: str) -> None:
         """Copy every tensor of `state` (as `model.loader.read_weights` builds it) into the model, in place.
 

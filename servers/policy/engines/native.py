@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -67,6 +68,9 @@ class NativeConfig(EngineConfig):
     return_token_ids: bool = True  # put the token fields on every generation (training)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
     request_timeout: float | None = Field(None, gt=0)  # seconds a generation may take before it is dropped (504)
+    # torch.compile the decode step, compiled for every attention span before the server reports healthy.
+    # None: on with CUDA, off on CPU, where its warm-up takes minutes (docs/policy_server.md, "Compiled decode").
+    compile: bool | None = None
     close_timeout: float = Field(10.0, gt=0)  # seconds shutdown waits for the engine's current step
 
 
@@ -129,13 +133,21 @@ class NativeEngine(Engine):
         dtype_name = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
         tokenizer = ChatTokenizer.from_pretrained(cfg.model, chat_template=cfg.chat_template)
         lm = load(cfg.model, dtype=getattr(torch, dtype_name), device=device)
+        compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.generator = Generator(lm, tokenizer, max_batch=cfg.max_batch, max_len=cfg.max_len,
                                    prefill_chunk=cfg.prefill_chunk,
-                                   prefix_cache=PrefixCache(max_entries=cfg.prefix_cache_entries))
+                                   prefix_cache=PrefixCache(max_entries=cfg.prefix_cache_entries), compile=compiled)
+        if compiled:
+            started = time.monotonic()
+            spans = self.generator.warm_up(lambda done, total: log.info(
+                "native engine: compiled the decode step for attention span %d/%d (%.0f s)", done, total,
+                time.monotonic() - started))
+            log.info("native engine: decode step compiled for %d spans at batch %d in %.1f s", spans,
+                     cfg.max_batch, time.monotonic() - started)
         self.use_tokenizer(tokenizer, lm.config.vocab_size)
         self._runner = AsyncEngine(self.generator)
-        log.info("native engine: %s on %s in %s, max_batch=%d max_len=%d", cfg.model, device, dtype_name,
-                 cfg.max_batch, cfg.max_len)
+        log.info("native engine: %s on %s in %s, max_batch=%d max_len=%d, compiled decode %s", cfg.model, device,
+                 dtype_name, cfg.max_batch, cfg.max_len, "on" if compiled else "off")
 
     async def close(self) -> None:
         """Stop the generation thread (bounded by `close_timeout`); requests in flight or arriving now fail (503)."""
