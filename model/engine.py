@@ -10,7 +10,8 @@ on a background thread for the policy server.
 Thinking budget (NVIDIA's documented behaviour for Nemotron 3): for a request with `thinking_budget` whose
 prompt ends with the think-start sequence, once `thinking_budget` tokens have been generated without
 `</think>`, the engine waits for a newline token and then forces `end_sequence` (newline, `</think>`) one
-token per step; at `thinking_budget + thinking_grace` tokens it forces it regardless. Forced tokens carry
+token per step; it forces it regardless when that keeps the reasoning within `thinking_budget + thinking_grace`
+tokens, the forced newline included (so reasoning tokens <= budget + grace). Forced tokens carry
 the model's log-prob of that token (same convention as sampled ones), so a trainer can recompute them.
 """
 
@@ -388,7 +389,11 @@ class Engine:
         if seq.thinking and not seq.forcing:
             p, n = seq.params, len(seq.tokens)
             last = seq.tokens[-1] if seq.tokens else seq.request.prompt_token_ids[-1]
-            if n >= p.thinking_budget + p.thinking_grace or (n >= p.thinking_budget and last == self.reasoning.newline):
+            # The hard limit leaves room for the forced sequence's own reasoning tokens (the newline before
+            # </think>), so reasoning never exceeds budget + grace tokens (budget + grace = 0 still gets the newline).
+            closing = len(self.reasoning.end_sequence) - 1
+            if n + closing >= p.thinking_budget + p.thinking_grace or (
+                    n >= p.thinking_budget and last == self.reasoning.newline):
                 seq.forcing = list(self.reasoning.end_sequence)
         return seq.forcing.pop(0) if seq.forcing else None
 
