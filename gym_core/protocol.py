@@ -228,12 +228,39 @@ class TaskRow(WireModel):
 # ---------------------------------------------------------------------------------------------- response
 
 
-class ResponseUsage(WireModel):
-    """Token usage of a Response (summed over the model calls of an episode)."""
+class InputTokensDetails(WireModel):
+    """Where a Response's input tokens came from; counts this project does not keep are truthfully 0."""
 
+    always_dump = ("cached_tokens", "cache_write_tokens")
+    cached_tokens: int = 0  # prompt tokens served from a prefix cache
+    cache_write_tokens: int = 0  # tokens written to an explicit prompt cache (OpenAI's; none here)
+
+
+class OutputTokensDetails(WireModel):
+    """What a Response's output tokens were."""
+
+    always_dump = ("reasoning_tokens",)
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(WireModel):
+    """Token usage of a Response (summed over the model calls of an episode); the SDK requires the details."""
+
+    always_dump = ("input_tokens", "output_tokens", "total_tokens", "input_tokens_details", "output_tokens_details")
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+
+    def add(self, other: ResponseUsage) -> None:
+        """Add another model call's usage to this one (every count, details included)."""
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.total_tokens += other.total_tokens
+        self.input_tokens_details.cached_tokens += other.input_tokens_details.cached_tokens
+        self.input_tokens_details.cache_write_tokens += other.input_tokens_details.cache_write_tokens
+        self.output_tokens_details.reasoning_tokens += other.output_tokens_details.reasoning_tokens
 
 
 class Response(WireModel):

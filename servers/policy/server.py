@@ -65,6 +65,7 @@ class PolicyServer(GymServer):
         super().__init__(name, config)
         self.engine: Engine = create_engine(self.config.engine, self.config.model_dump(), name)
         self.weights = WeightsInfo(model_version=self.engine.model_version, source=self.config.model)
+        self._created = int(time.time())  # `created` of the served model (the SDK's Model requires it)
 
     async def startup(self) -> None:
         """Start the engine."""
@@ -131,8 +132,8 @@ class PolicyServer(GymServer):
         return self._versioned(JSONResponse(chat_to_response(completion, params)), version)
 
     async def _models_route(self, request: Request) -> JSONResponse:
-        models = {"object": "list", "data": [{"id": self.engine.model_name, "object": "model", "owned_by": "gym"}]}
-        return self._versioned(JSONResponse(models))
+        model = {"id": self.engine.model_name, "object": "model", "created": self._created, "owned_by": "gym"}
+        return self._versioned(JSONResponse({"object": "list", "data": [model]}))
 
     async def _weights_route(self, request: Request) -> JSONResponse:
         """The weights being served: version, where they came from, since when."""

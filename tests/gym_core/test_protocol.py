@@ -244,3 +244,17 @@ def test_always_dump_fields_are_dumped_at_default_and_others_are_not() -> None:
     assert dumps(Tagged()) == b'{"kind":"tag"}' and dumps(Child()) == b'{"kind":"tag"}'
     # Schemas without always_dump have no post-init hook: pydantic builds them without a Python call each.
     assert Message.__pydantic_post_init__ is None and Tagged.__pydantic_post_init__ == "model_post_init"
+
+
+def test_response_usage_always_carries_the_details_the_sdk_requires() -> None:
+    from gym_core.protocol import ResponseUsage, dumps, loads
+
+    usage = ResponseUsage(input_tokens=3, output_tokens=2, total_tokens=5)
+    assert loads(dumps(usage)) == {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5,
+                                   "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                                   "output_tokens_details": {"reasoning_tokens": 0}}
+    usage.add(ResponseUsage.model_validate({"input_tokens": 7, "output_tokens": 1, "total_tokens": 8,
+                                            "input_tokens_details": {"cached_tokens": 3},
+                                            "output_tokens_details": {"reasoning_tokens": 1}}))
+    assert (usage.input_tokens, usage.total_tokens) == (10, 13)
+    assert usage.input_tokens_details.cached_tokens == 3 and usage.output_tokens_details.reasoning_tokens == 1

@@ -31,6 +31,7 @@ from gym_core.protocol import (
 ENGINES: dict[str, str] = {
     "scripted": "servers.policy.engines.scripted:ScriptedEngine",
     "openai": "servers.policy.engines.openai:OpenAIEngine",
+    "vllm": "servers.policy.engines.vllm:VLLMEngine",
     "native": "servers.policy.engines.native:NativeEngine",
 }
 
