@@ -164,6 +164,7 @@ class PolicyServer(GymServer):
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
         except ClientGone:
+            await chunks.aclose()  # type: ignore[attr-defined]  # engines' chat_stream are async generators
             return _gone()
         except StopAsyncIteration:
             return self._versioned(error_response(502, "the engine ended its stream before the first chunk"))

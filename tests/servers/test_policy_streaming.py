@@ -145,6 +145,17 @@ async def test_responses_create_stream_events_validate_and_end_with_the_whole_re
     assert added == [item.id for item in final.output]  # the items keep the ids they streamed with
 
 
+async def test_a_conversation_that_fills_max_len_streams_an_empty_length_answer(serve):
+    url = await serve(native(max_len=64).build_app())
+    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60) as client:
+        chunks = [c async for c in await client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "word " * 100}], stream=True)]
+    choices = [c.choices[0] for c in chunks if c.choices]
+    assert choices[0].delta.role == "assistant" and choices[-1].finish_reason == "length"
+    assert "".join(c.delta.content or "" for c in choices) == ""
+    assert choices[-1].delta.model_extra["generation_token_ids"] == []
+
+
 # ------------------------------------------------------------------------ scripted text (test double)
 
 

@@ -114,7 +114,8 @@ async def chat_chunks(batches: AsyncIterator[list[Any]], *, request: Any, prompt
             delta["content"], sent_content = content[len(sent_content):], content
         entries = _entries(pieces, shown) if request.logprobs else None
         if delta or entries:
-            yield _chunk(head, delta, entries, metadata={"model_version": deltas[0].weights_version} if first else None)
+            version = (deltas[0] if deltas else batch[-1]).weights_version  # the weights it was admitted under
+            yield _chunk(head, delta, entries, metadata={"model_version": version} if first else None)
             first = False
         if isinstance(batch[-1], GenerationResult):
             result = batch[-1]
