@@ -26,8 +26,18 @@ import httpx
 from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, close_client, get_client
 from gym_core.config import ConfigError
 from gym_core.launcher import LaunchError, format_table, launch
-from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, DataError, collect, count_rows, read_rows
+from rollout.collect import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT_S,
+    CollectOptions,
+    DataError,
+    collect,
+    count_rows,
+    read_rows,
+)
 from rollout.resume import DEFAULT_MAX_ATTEMPTS
+from rollout.routing import is_url
+from rollout.sampling import SamplingOptions
 
 REGISTRY_HELP = f"registry URL (default: ${REGISTRY_URL_ENV}, else {DEFAULT_REGISTRY_URL})"
 
@@ -88,9 +98,15 @@ def _add_rollout_parser(commands: Any) -> None:
     rollout = commands.add_parser(
         "rollout", help="collect rollouts from an agent into JSONL",
         description="POST each task row (NeMo Gym JSONL) to the agent's /run and write one JSON line per rollout "
-        "as it completes; failed rollouts go to <output stem>_failures.jsonl. With --config the servers are "
+        "as it completes; failed rollouts go to <output stem>_failures.jsonl. Each row goes to the agent its "
+        "agent_ref.name names, else to --agent; metrics and counts are per agent. With --config the servers are "
         "started first and stopped afterwards.")
-    rollout.add_argument("--agent", required=True, help="agent server name (as in the config)")
+    rollout.add_argument("--agent", required=True,
+                         help="the agent for rows without an agent_ref: a server name (as in the config) or the "
+                         "URL of any NeMo-Gym-compatible agent (http://host:port)")
+    rollout.add_argument("--agent-url", action="append", default=[], metavar="NAME=URL",
+                         help="where the agent NAME of rows' agent_ref is (repeatable; other names are looked up "
+                         "in the registry)")
     rollout.add_argument("--input", "-i", required=True, type=Path, help="task rows, JSONL")
     rollout.add_argument("--output", "-o", required=True, type=Path, help="rollouts JSONL to write")
     rollout.add_argument("--limit", type=int, default=None, help="use only the first N rows")
@@ -114,6 +130,13 @@ def _add_rollout_parser(commands: Any) -> None:
                          "log-probs, reward) to this JSONL")
     rollout.add_argument("--no-aggregate", action="store_true",
                          help="skip the agent's /aggregate_metrics at the end (no <output stem>_aggregate_metrics.json)")
+    sampling = rollout.add_argument_group("sampling (set in every row's responses_create_params)")
+    sampling.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
+    sampling.add_argument("--max-output-tokens", type=int, default=None, help="tokens per model call at most")
+    sampling.add_argument("--seed", type=int, default=None,
+                          help="derive a seed per (task, repeat) from this one, so a rerun reproduces the samples "
+                          "(sent as metadata.extra_body, NeMo Gym's way)")
     rollout.set_defaults(handler=cmd_rollout)
 
 
@@ -202,37 +225,58 @@ def cmd_rollout(args: argparse.Namespace) -> int:
         return _collect(args, _registry_url(args))
     signal.signal(signal.SIGTERM, _interrupt)
     with launch(args.config, args.overrides, registry_port=0, echo_logs=False) as stack:
-        if args.agent not in stack.servers:
+        if not is_url(args.agent) and args.agent not in stack.servers:
             print(f"gym rollout: no server named '{args.agent}' in {args.config}", file=sys.stderr)
             return 1
         return _collect(args, stack.registry_url)
 
 
+def collect_options(args: argparse.Namespace, total: int | None) -> CollectOptions:
+    """`gym rollout`'s flags as collect options; a bad value raises ValueError naming the flag."""
+    agents = {}
+    for pair in args.agent_url:
+        name, equals, url = pair.partition("=")
+        if not equals or not name or not is_url(url):
+            raise ValueError(f"--agent-url {pair!r}: expected NAME=http://host:port")
+        agents[name] = url
+    sampling = SamplingOptions(args.temperature, args.top_p, args.max_output_tokens, args.seed)
+    return CollectOptions(agents=agents, num_repeats=args.num_repeats, concurrency=args.concurrency,
+                          timeout=args.timeout, total=total, progress=not args.no_progress, resume=args.resume,
+                          max_attempts=args.max_attempts, trajectories=args.trajectories,
+                          aggregate_metrics=not args.no_aggregate, sampling=sampling)
+
+
 def _collect(args: argparse.Namespace, registry_url: str) -> int:
-    total = count_rows(args.input, args.limit)
+    try:
+        options = collect_options(args, count_rows(args.input, args.limit))
+    except ValueError as exc:
+        print(f"gym rollout: {exc}", file=sys.stderr)
+        return 2
     rows = read_rows(args.input, args.limit)
 
     async def run() -> Any:
         os.environ[REGISTRY_URL_ENV] = registry_url  # the process-wide client looks names up here
         try:
-            agent_url = await get_client().url_of(args.agent)
-            return await collect(agent_url, rows, args.output, agent_name=args.agent, num_repeats=args.num_repeats,
-                                 concurrency=args.concurrency, timeout=args.timeout, total=total,
-                                 progress=not args.no_progress, resume=args.resume,
-                                 max_attempts=args.max_attempts, trajectories=args.trajectories,
-                                 aggregate_metrics=not args.no_aggregate)
+            return await collect(args.agent, rows, args.output, options=options)
         finally:
             await close_client()
 
     try:
         summary = asyncio.run(run())
-    except LookupError as exc:
+    except LookupError as exc:  # an agent that is not registered (UnknownAgent among them)
         print(f"gym rollout: {exc}", file=sys.stderr)
         return 1
+    return report(summary)
+
+
+def report(summary: Any) -> int:
+    """Print a collection's summary; the exit status is 1 when nothing was collected."""
     print(summary.line())
     print(f"mean reward: {summary.mean_reward:.4f} over {summary.count} rollouts -> {summary.output}")
     if summary.metrics_output:
         print(f"metrics -> {summary.metrics_output}")
+    for agent, error in summary.metrics_errors.items():
+        print(f"metrics of agent {agent!r} NOT written: {error}", file=sys.stderr)
     if summary.failures:
         print(f"{summary.failures} failed rollouts -> {summary.failures_output}", file=sys.stderr)
     if summary.not_persisted:
