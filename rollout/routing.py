@@ -75,8 +75,8 @@ class AgentRoutes:
             return self._urls[name]
         try:
             url = await get_client().url_of(name)
-        except ServerNotRegistered as exc:
-            raise UnknownAgent(f"a row's agent_ref.name is {name!r}: {exc}; start that agent, fix the row's "
-                               "agent_ref, or pass --agent-url NAME=URL") from None
+        except (ServerNotRegistered, httpx.HTTPError) as exc:
+            raise UnknownAgent(f"agent {name!r} (a row's agent_ref.name, or --agent): {exc}; start that agent, fix "
+                               "the row's agent_ref, or pass --agent-url NAME=URL") from None
         self._urls[name] = url
         return url
