@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--registry-port", type=int, default=_default_port(),
                     help="port of the registry (default 11000; 0 picks a free one)")
     up.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for servers to be healthy")
+    up.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="place every server on the Ray cluster at ADDRESS ('auto', host:port, ray://...) instead "
+                    "of local processes (same as `launcher: {backend: ray, address: ADDRESS}` in the config)")
     up.set_defaults(handler=cmd_up)
 
     status = commands.add_parser("status", help="list the running servers",
@@ -157,7 +160,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with launch(args.config, args.overrides, registry_port=args.registry_port,
-                    start_timeout=args.start_timeout) as stack:
+                    start_timeout=args.start_timeout, ray_address=args.ray) as stack:
             print(stack.table())
             print(f"registry: {stack.registry_url}   (`gym status`, `gym down` or Ctrl-C to stop)", flush=True)
             dead = stack.wait()

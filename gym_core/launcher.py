@@ -117,9 +117,20 @@ def launch(
     start_timeout: float = START_TIMEOUT_S,
     stop_grace: float = STOP_GRACE_S,
     echo_logs: bool = True,
+    ray_address: str | None = None,
 ) -> Iterator[Stack]:
-    """Start the registry and every server of `config`; yields a Stack once all are healthy; always stops them."""
+    """Start the registry and every server of `config`; yields a Stack once all are healthy; always stops them.
+    With `launcher: {backend: ray}` in the config (or `ray_address`) the servers are placed on a Ray cluster
+    (gym_core/ray_launcher.py)."""
     resolved = load_config(config, overrides)
+    from gym_core.ray_launcher import launch_on_ray, launcher_settings  # imports ray only when used
+
+    settings = launcher_settings(resolved, ray_address)
+    if settings.backend == "ray":
+        with launch_on_ray(resolved, settings, registry_port=registry_port, start_timeout=start_timeout,
+                           stop_grace=stop_grace) as stack:
+            yield stack
+        return
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
     service = RegistryService(Registry(on_shutdown=stop.set), registry_port)

@@ -1,7 +1,8 @@
 """Run one server: `python -m gym_core.serve`, configured by the launcher through the environment.
 
 GYM_SERVER_NAME is the instance name, GYM_SERVER_SPEC the JSON of its resolved config block,
-GYM_REGISTRY_URL where to register. The process binds 127.0.0.1:0 itself (no pick-then-bind race),
+GYM_REGISTRY_URL where to register, GYM_BIND_HOST the address to serve on (127.0.0.1 unless the Ray backend
+places the server on a node: then that node's address). The process binds port 0 itself (no pick-then-bind race),
 serves the app with uvicorn on that socket, registers its URL once it accepts connections, and
 deregisters when it stops (SIGTERM or SIGINT: graceful shutdown, exit code 0).
 """
@@ -25,6 +26,7 @@ from gym_core.server import GymServer, bind_socket, uvicorn_server
 
 SERVER_NAME_ENV = "GYM_SERVER_NAME"
 SERVER_SPEC_ENV = "GYM_SERVER_SPEC"
+BIND_HOST_ENV = "GYM_BIND_HOST"
 REGISTER_ATTEMPTS = 5
 
 
@@ -111,9 +113,11 @@ async def _stop_when_orphaned(uv: Any) -> None:
 
 
 async def run(server: GymServer, registry_url: str) -> None:
-    """Serve `server` on a fresh 127.0.0.1 port until SIGTERM/SIGINT, registered for exactly that time."""
-    sock = bind_socket("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    """Serve `server` on a fresh port of $GYM_BIND_HOST (127.0.0.1) until SIGTERM/SIGINT, registered for exactly
+    that time."""
+    host = os.environ.get(BIND_HOST_ENV) or "127.0.0.1"
+    sock = bind_socket(host, 0)
+    url = f"http://{host}:{sock.getsockname()[1]}"
     uv = uvicorn_server(server.build_app(), log_level=os.environ.get("GYM_LOG_LEVEL", "info"),
                         timeout_graceful_shutdown=5)
 
