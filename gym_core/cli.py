@@ -133,6 +133,12 @@ def _add_rollout_parser(commands: Any) -> None:
                          "log-probs, reward) to this JSONL")
     rollout.add_argument("--no-aggregate", action="store_true",
                          help="skip the agent's /aggregate_metrics at the end (no <output stem>_aggregate_metrics.json)")
+    sharding = rollout.add_argument_group("sharding on Ray (rollout/ray_collect.py)")
+    sharding.add_argument("--ray", default=None, metavar="ADDRESS",
+                          help="run the rollouts on Ray workers of the cluster at ADDRESS ('auto', host:port, "
+                          "ray://...); this process still reads the input and writes the one output")
+    sharding.add_argument("--workers", type=int, default=2,
+                          help="with --ray, Ray workers sharing --concurrency (default 2)")
     sampling = rollout.add_argument_group("sampling (set in every row's responses_create_params)")
     sampling.add_argument("--temperature", type=float, default=None, help="sampling temperature")
     sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
@@ -256,17 +262,23 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
         print(f"gym rollout: {exc}", file=sys.stderr)
         return 2
     rows = read_rows(args.input, args.limit)
+    from rollout.ray_collect import WorkersLost  # ray itself is imported only with --ray
 
     async def run() -> Any:
         os.environ[REGISTRY_URL_ENV] = registry_url  # the process-wide client looks names up here
         try:
-            return await collect(args.agent, rows, args.output, options=options)
+            if args.ray is None:
+                return await collect(args.agent, rows, args.output, options=options)
+            from rollout.ray_collect import collect_on_ray
+
+            return await collect_on_ray(args.agent, rows, args.output, workers=args.workers, address=args.ray,
+                                        options=options)
         finally:
             await close_client()
 
     try:
         summary = asyncio.run(run())
-    except LookupError as exc:  # an agent that is not registered (UnknownAgent among them)
+    except (LookupError, WorkersLost) as exc:  # an agent not registered, every Ray worker lost
         print(f"gym rollout: {exc}", file=sys.stderr)
         return 1
     return report(summary)

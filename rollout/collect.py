@@ -95,6 +95,7 @@ class CollectionSummary:
     trajectories_output: Path | None = None
     metrics: list[dict[str, Any]] | None = None  # one `{agent_ref, agent_metrics, ...}` entry per agent
     metrics_errors: dict[str, str] = field(default_factory=dict)
+    workers_lost: int = 0  # Ray workers that died during a sharded collection (rollout/ray_collect.py)
 
     @property
     def total(self) -> AgentTotals:
@@ -136,6 +137,7 @@ class CollectionSummary:
         total = self.total
         text = _totals_text(total) + f" rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s"
         text += f" gave_up={self.gave_up}" if self.gave_up and not total.resumed else ""
+        text += f" workers_lost={self.workers_lost}" if self.workers_lost else ""
         keys = f" {format_key_metrics(self.key_metrics)}" if self.key_metrics and len(self.agents) == 1 else ""
         if len(self.agents) <= 1:
             return text + keys
