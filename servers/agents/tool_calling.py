@@ -182,7 +182,8 @@ class ToolCallingAgent(GymServer):
             return _model_error("invalid_arguments", f"arguments of {name!r} must be a JSON object")
         reply = await self._call("resources", self.config.resources, f"/{name}", arguments, episode,
                                  ok=MODEL_VISIBLE_STATUSES)
-        return reply.text
+        # Our servers answer UTF-8 JSON or text; decoding directly skips httpx's charset detection on every call.
+        return reply.content.decode("utf-8", "replace")
 
     async def _call(self, role: str, server: str, path: str, body: Any, episode: Episode,
                     ok: frozenset[int] = frozenset()) -> httpx.Response:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import sys
 from pathlib import Path
 
@@ -13,6 +14,23 @@ import orjson
 
 from gym_core.client import close_client
 from rollout.collect import collect, read_rows
+
+
+def write_resumable(folder: Path, task_file: Path, rows: int, run_for_real: int) -> tuple[Path, Path, int]:
+    """`rows` task rows (cycling through `task_file`) and an output holding all but about `run_for_real` of them
+    (spread out) as finished; returns the two paths and how many rollouts are left to run."""
+    tasks_in = list(read_rows(task_file))
+    gap = max(1, rows // run_for_real)
+    ref = {"type": "responses_api_agents", "name": "agent"}
+    with open(folder / "in.jsonl", "wb") as tasks, open(folder / "out.jsonl", "wb") as done:
+        for index, task in zip(range(rows), itertools.cycle(tasks_in)):
+            tasks.write(orjson.dumps(task, option=orjson.OPT_APPEND_NEWLINE))
+            if index % gap:
+                finished = {"responses_create_params": {"input": "(kept short)"}, "agent_ref": ref,
+                            "response": {"output": [], "usage": {"input_tokens": 40, "output_tokens": 9}},
+                            "reward": float(index % 3 > 0), "_ng_task_index": index, "_ng_rollout_index": 0}
+                done.write(orjson.dumps(finished, option=orjson.OPT_APPEND_NEWLINE))
+    return folder / "in.jsonl", folder / "out.jsonl", len(range(0, rows, gap))
 
 
 def status_kib(field: str) -> int:

@@ -9,19 +9,17 @@ tuple per finished key, would add hundreds of MB (or tens) at 200,000; the bound
 
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 
 from gym_core.launcher import Stack, launch
-from rollout.collect import read_rows
 from rollout.metrics import metrics_path
+from tests.rollout.memory_probe import write_resumable
 
 ROOT = Path(__file__).parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -37,30 +35,13 @@ def quickstart() -> Iterator[Stack]:
         yield stack
 
 
-def write_resumable(folder: Path, rows: int) -> tuple[Path, Path]:
-    """`rows` task rows, and an output holding all but about `RUN_FOR_REAL` of them (spread out) as finished."""
-    weather = list(read_rows(WEATHER))
-    gap = rows // RUN_FOR_REAL
-    ref = {"type": "responses_api_agents", "name": "agent"}
-    with open(folder / "in.jsonl", "wb") as tasks, open(folder / "out.jsonl", "wb") as done:
-        for index, task in zip(range(rows), itertools.cycle(weather)):
-            tasks.write(orjson.dumps(task, option=orjson.OPT_APPEND_NEWLINE))
-            if index % gap:
-                finished = {"responses_create_params": {"input": "(kept short)"}, "agent_ref": ref,
-                            "response": {"output": [], "usage": {"input_tokens": 40, "output_tokens": 9}},
-                            "reward": float(index % 3 > 0), "_ng_task_index": index, "_ng_rollout_index": 0}
-                done.write(orjson.dumps(finished, option=orjson.OPT_APPEND_NEWLINE))
-    return folder / "in.jsonl", folder / "out.jsonl"
-
-
 def probe(stack: Stack, folder: Path, rows: int) -> dict:
     folder.mkdir()
-    tasks, output = write_resumable(folder, rows)
+    tasks, output, missing = write_resumable(folder, WEATHER, rows, RUN_FOR_REAL)
     done = subprocess.run([sys.executable, str(PROBE), stack.url("agent"), str(tasks), str(output), "--resume"],
                           capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.splitlines()[-1])
-    missing = len(range(0, rows, rows // RUN_FOR_REAL))
     assert (result["count"], result["failures"], result["resumed"]) == (missing, 0, rows - missing)
     assert result["metrics"] and not result["metrics_errors"]
     (entry,) = json.loads(metrics_path(output).read_text())
