@@ -132,7 +132,8 @@ def _add_rollout_parser(commands: Any) -> None:
                          help="also write each successful rollout's training trajectory (token ids, mask, "
                          "log-probs, reward) to this JSONL")
     rollout.add_argument("--no-aggregate", action="store_true",
-                         help="skip the agent's /aggregate_metrics at the end (no <output stem>_aggregate_metrics.json)")
+                         help="skip the agents' /aggregate_metrics at the end "
+                         "(no <output stem>_aggregate_metrics.json)")
     sharding = rollout.add_argument_group("sharding on Ray (rollout/ray_collect.py)")
     sharding.add_argument("--ray", default=None, metavar="ADDRESS",
                           help="run the rollouts on Ray workers of the cluster at ADDRESS ('auto', host:port, "

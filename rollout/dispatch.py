@@ -62,8 +62,8 @@ def classify(row: dict[str, Any], result: Any) -> Outcome:
         return Outcome("failure", {**stamps, "_ng_failure_class": failure_class, **terminal,
                                    "error": {"type": failure_class, "message": message}})
     if not is_reward(reward):
-        return Outcome("failure", {**stamps, "error": {"type": "invalid_response", "message":
-                                                       f"/run answered without a numeric `reward`: {str(result)[:300]}"}})
+        message = f"/run answered without a numeric `reward`: {str(result)[:300]}"
+        return Outcome("failure", {**stamps, "error": {"type": "invalid_response", "message": message}})
     return Outcome("success", {**result, **stamps}, float(reward))
 
 

@@ -153,7 +153,8 @@ async def _send_whole(routes: AgentRoutes, name: str, run: _AgentRun, output: Pa
                     run.answer, name)
         run.summary = _summary_of(run.answer)
     except _METRICS_ERRORS as exc:
-        report.errors[name] = str(exc) if isinstance(exc, (ServerError, UnknownAgent)) else f"{type(exc).__name__}: {exc}"
+        plain = isinstance(exc, (ServerError, UnknownAgent))  # their messages already say what failed
+        report.errors[name] = str(exc) if plain else f"{type(exc).__name__}: {exc}"
 
 
 async def _whole_body(output: Path, name: str, default_agent: str) -> AsyncIterator[bytes]:

@@ -32,7 +32,8 @@ def row(**fields: object) -> dict:
 
 
 def keys(path: Path) -> Counter:
-    return Counter((r["_ng_task_index"], r["_ng_rollout_index"]) for r in map(json.loads, path.read_text().splitlines()))
+    rows = map(json.loads, path.read_text().splitlines())
+    return Counter((r["_ng_task_index"], r["_ng_rollout_index"]) for r in rows)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ async def test_sharded_collection_writes_the_one_output(ray_address: str, stack:
 async def test_a_worker_killed_mid_run_loses_nothing(ray_address: str, stack: Stack, tmp_path: Path) -> None:
     import ray
 
-    rows = [row(delay=0.05) for _ in range(60)]
+    rows = [row(delay=0.1) for _ in range(60)]
     output = tmp_path / "out.jsonl"
 
     async def kill_a_worker() -> None:

@@ -66,14 +66,15 @@ async def test_rows_go_to_the_agent_their_agent_ref_names(two_envs: Stack, tmp_p
     assert {name: (t.count, t.failures) for name, t in summary.agents.items()} == {
         "weather_agent": (6, 0), "counter_agent": (6, 0)}
     rows = lines(output)
-    by_agent = {name: [r for r in rows if r["agent_ref"]["name"] == name] for name in ("weather_agent", "counter_agent")}
+    by_agent = {name: [r for r in rows if r["agent_ref"]["name"] == name]
+                for name in ("weather_agent", "counter_agent")}
     # Each environment verified its own rows: weather rows carry the weather tool's call, counter rows the counter's.
     assert all("get_weather" in json.dumps(r["response"]) for r in by_agent["weather_agent"])
     assert all("increment" in json.dumps(r["response"]) for r in by_agent["counter_agent"])
     assert {r["_ng_task_index"] for r in by_agent["weather_agent"]} == {0, 2, 4}
     entries = {e["agent_ref"]["name"]: e for e in json.loads(metrics_path(output).read_text())}
     assert set(entries) == {"weather_agent", "counter_agent"}
-    assert entries["weather_agent"]["agent_metrics"]["count"] == 6 and entries["counter_agent"]["agent_metrics"]["count"] == 6
+    assert [entries[name]["agent_metrics"]["count"] for name in ("weather_agent", "counter_agent")] == [6, 6]
     assert {g["_ng_task_index"] for g in entries["counter_agent"]["group_level_metrics"]} == {1, 3, 5}
     assert set(entries["weather_agent"]) == {"agent_ref", "agent_metrics", "key_metrics", "group_level_metrics"}
     assert "weather_agent/mean/reward" in summary.key_metrics and "counter_agent:" in summary.line()

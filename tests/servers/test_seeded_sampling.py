@@ -21,7 +21,8 @@ def test_a_seeded_rerun_reproduces_the_samples() -> None:
     with native_policy() as client:
         first = [generated(client, sampling.apply(params, task, 0)) for task in range(4)]
         again = [generated(client, sampling.apply(params, task, 0)) for task in range(4)]
-        other = [generated(client, SamplingOptions(temperature=1.0, seed=12).apply(params, task, 0)) for task in range(4)]
+        reseeded = SamplingOptions(temperature=1.0, seed=12)
+        other = [generated(client, reseeded.apply(params, task, 0)) for task in range(4)]
     assert first == again and all(first)
     assert other != first  # another seed, other samples (4 tasks x 12 tokens at temperature 1)
     assert len({tuple(map(tuple, s)) for s in first}) > 1  # each (task, repeat) has its own seed
