@@ -107,17 +107,17 @@ def measure_cell(stack: Stack, pids: dict[str, int], concurrency: int, count: in
     return row
 
 
-def ray_pids(before: set[int]) -> list[int]:
-    """Processes Ray started (raylet, GCS, its workers) since `before` was taken."""
-    found = []
+def ray_daemons() -> dict[str, int]:
+    """Ray's long-lived processes on this machine (raylet, GCS server), by name and pid."""
+    found = {}
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) not in before:
+        if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes()
+                program = (entry / "cmdline").read_bytes().split(b"\0")[0]
             except OSError:
                 continue
-            if b"ray" in cmdline:
-                found.append(int(entry.name))
+            if program.endswith((b"/raylet", b"/gcs_server")):
+                found[f"ray:{program.rsplit(b'/', 1)[1].decode()}:{entry.name}"] = int(entry.name)
     return found
 
 
@@ -127,29 +127,26 @@ def measure_ray(stack: Stack, pids: dict[str, int], count: int, workdir: Path) -
 
     from rollout.ray_collect import collect_on_ray
 
-    existing = {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()}
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     try:
-        async def sharded(n: int, output: Path) -> tuple[int, int, float, int]:
+        async def sharded(n: int, output: Path) -> Any:
             try:
-                summary = await collect_on_ray(stack.url("agent"), task_rows(n), output, workers=2,
-                                               agent_name="agent", concurrency=256, timeout=900, progress=False,
-                                               aggregate_metrics=False)
+                return await collect_on_ray(stack.url("agent"), task_rows(n), output, workers=2, agent_name="agent",
+                                            concurrency=256, timeout=900, progress=False, aggregate_metrics=False)
             finally:
                 await close_client()
-            return summary.count, summary.failures, summary.elapsed_s, summary.workers_lost
 
-        run_async(sharded(400, workdir / "ray-warm.jsonl"))  # starts the workers
-        extra = {f"ray:{pid}": pid for pid in ray_pids(existing)}
-        cpu, (done, failed, wall, lost) = window({**pids, **extra}, lambda: run_async(
-            sharded(count, workdir / "ray.jsonl")))
+        run_async(sharded(400, workdir / "ray-warm.jsonl"))
+        cpu, summary = window({**pids, **ray_daemons()}, lambda: run_async(sharded(count, workdir / "ray.jsonl")))
     finally:
         ray.shutdown()
-    row = {"concurrency": 256, "rollouts": done, "failures": failed, "rollouts/s": (done + failed) / wall,
-           "workers_lost": lost}
-    row.update({name: 1000 * cpu[name] / max(done, 1) for name in pids})
-    row["ray"] = 1000 * sum(v for k, v in cpu.items() if k.startswith("ray:")) / max(done, 1)
-    row["framework"] = sum(row[name] for name in FRAMEWORK) + row["ray"]
+    done = max(summary.count, 1)
+    row = {"concurrency": 256, "rollouts": summary.count, "failures": summary.failures,
+           "rollouts/s": summary.rollouts_per_s, "workers_lost": summary.workers_lost}
+    row.update({name: 1000 * cpu[name] / done for name in pids})
+    row["ray workers"] = 1000 * (summary.workers_cpu_s or 0.0) / done
+    row["ray daemons"] = 1000 * sum(v for k, v in cpu.items() if k.startswith("ray:")) / done
+    row["framework"] = sum(row[name] for name in FRAMEWORK) + row["ray workers"] + row["ray daemons"]
     print(json.dumps(row), flush=True)
     return row
 
@@ -173,11 +170,12 @@ def workload(tool_calls: int, args: argparse.Namespace, workdir: Path) -> dict[s
             launch(stack_config(stub_url), registry_port=0, echo_logs=False) as stack:
         pids = {name: server.pid for name, server in stack.servers.items()}
         pids.update(collector=os.getpid(), stub=stub.pid)
-        cells = [measure_cell(stack, pids, c, max(args.min_rollouts, args.per_slot * c), workdir)
-                 for c in args.concurrency]
+        cells = [measure_cell(stack, pids, c, max(c, min(args.max_rollouts, max(args.min_rollouts, args.per_slot * c))),
+                              workdir) for c in args.concurrency]
         result: dict[str, Any] = {"tool_calls": tool_calls, "cells": cells}
         if tool_calls == 1 and not args.no_ray:
             result["ray"] = measure_ray(stack, pids, max(args.min_rollouts, 2 * 256), workdir)
+            result["local256"] = next((c for c in cells if c["concurrency"] == 256), None)
         if tool_calls == 1 and args.rss:
             result["rss"] = [measure_rss(stack, rows, workdir) for rows in args.rss]
     return result
@@ -202,8 +200,15 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace, elapsed: flo
             r = result["ray"]
             lines += ["", f"Ray row (concurrency 256, 2 local workers): {r['rollouts']:,} rollouts, {r['failures']} "
                       f"failures, {r['rollouts/s']:.0f} rollouts/s; CPU ms per rollout: driver {r['collector']:.2f}, "
-                      f"Ray workers and daemons {r['ray']:.2f}, agent {r['agent']:.2f}, policy {r['policy']:.2f}, "
-                      f"weather {r['weather']:.2f}; framework {r['framework']:.2f}."]
+                      f"Ray workers {r['ray workers']:.2f}, Ray daemons {r['ray daemons']:.2f}, agent "
+                      f"{r['agent']:.2f}, policy {r['policy']:.2f}, weather {r['weather']:.2f}; framework "
+                      f"{r['framework']:.2f}."]
+            local = result.get("local256")
+            if local:
+                ray_side = r["collector"] + r["ray workers"] + r["ray daemons"]
+                extra = ray_side - local["collector"]
+                lines.append(f"Ray's overhead per rollout: {ray_side:.2f} ms (driver + workers + daemons) against "
+                             f"{local['collector']:.2f} ms for the local collector at 256: +{extra:.2f} ms.")
         for m in result.get("rss", []):
             lines.append(f"Collector memory, {m['rows']:,} input rows ({m['ran']:,} run, {m['resumed']:,} resumed): "
                          f"RSS start {m['rss_start_kib'] / 1024:.1f} MiB, end {m['rss_end_kib'] / 1024:.1f} MiB, "
@@ -218,7 +223,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 256, 1024, 4096])
     parser.add_argument("--tool-calls", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--per-slot", type=int, default=2, help="measured rollouts per unit of concurrency")
-    parser.add_argument("--min-rollouts", type=int, default=1500, help="measured rollouts at least, per cell")
+    parser.add_argument("--min-rollouts", type=int, default=1000, help="measured rollouts at least, per cell")
+    parser.add_argument("--max-rollouts", type=int, default=2048,
+                        help="measured rollouts at most per cell (but at least its concurrency)")
     parser.add_argument("--rss", type=int, nargs="*", default=[10_000, 200_000], help="input rows for memory rows")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray row")
     parser.add_argument("--quick", action="store_true", help="64 and 256, small windows, 10,000-row memory row")

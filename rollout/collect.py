@@ -96,6 +96,7 @@ class CollectionSummary:
     metrics: list[dict[str, Any]] | None = None  # one `{agent_ref, agent_metrics, ...}` entry per agent
     metrics_errors: dict[str, str] = field(default_factory=dict)
     workers_lost: int = 0  # Ray workers that died during a sharded collection (rollout/ray_collect.py)
+    workers_cpu_s: float | None = None  # CPU seconds the Ray workers used collecting (start-up not counted)
 
     @property
     def total(self) -> AgentTotals:

@@ -51,6 +51,10 @@ class CollectorWorker:
         """This worker's process id (tests kill it)."""
         return os.getpid()
 
+    def cpu_seconds(self) -> float:
+        """CPU time this worker process has used (user + system)."""
+        return time.process_time()
+
 
 @dataclass
 class _Worker:
@@ -131,6 +135,19 @@ class ShardedDispatch:
             sink.record(Outcome(kind, row, reward))
 
 
+async def _cpu_of(actors: list[Any]) -> float:
+    """CPU seconds the live workers used, summed (a worker that does not answer counts 0)."""
+    import ray
+
+    total = 0.0
+    for actor in actors:
+        try:
+            total += await asyncio.wait_for(asyncio.wrap_future(actor.cpu_seconds.remote().future()), 30)
+        except (ray.exceptions.RayError, TimeoutError):
+            continue
+    return total
+
+
 async def collect_on_ray(agent: str, rows: Iterable[dict[str, Any]], output: Path, *, workers: int,
                          address: str | None = None, options: CollectOptions | None = None,
                          **overrides: Any) -> CollectionSummary:
@@ -152,15 +169,17 @@ async def collect_on_ray(agent: str, rows: Iterable[dict[str, Any]], output: Pat
         actors = [actor_class.options(name=f"gym-collector-{os.getpid()}-{i}", num_cpus=0, max_concurrency=share + 8,
                                       max_restarts=0).remote() for i in range(workers)]
         with open_sink(output, options) as sink:
+            cpu_at_start = await _cpu_of(actors)  # also waits until every worker is up: start-up is not counted
             started = time.perf_counter()
             sharded = ShardedDispatch(actors, routes, options.concurrency, options.timeout)
             try:
                 await sharded.run(expand(rows, how, state, sink), sink)
+                workers_cpu = await _cpu_of([w.actor for w in sharded.workers if w.alive]) - cpu_at_start
             finally:
                 for actor in actors:
                     ray.kill(actor)
         summary = await finish(routes, sink, state, output, options, started)
-        summary.workers_lost = sharded.lost
+        summary.workers_lost, summary.workers_cpu_s = sharded.lost, workers_cpu
         return summary
     finally:
         if connected:
