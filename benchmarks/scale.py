@@ -8,7 +8,7 @@ calls). For each concurrency, a warm-up and then a measured window of rollouts (
 process's user+sys CPU read from /proc/<pid>/stat before and after. "framework" = collector + agent + policy +
 weather; the stub is reported apart. The collector is this process (it also hosts the idle registry thread).
 
-    .venv/bin/python benchmarks/scale.py                     # everything (2 minutes on a quiet 2-core machine, far longer on a busy one)
+    .venv/bin/python benchmarks/scale.py                 # everything (2 minutes on 2 quiet cores, far more if busy)
     .venv/bin/python benchmarks/scale.py --quick             # small windows, 64 and 256 only: a smoke check
 
 Ray row: the same 1-tool-call workload at 256 sharded over 2 local Ray workers (rollout/ray_collect.py); CPU of
