@@ -30,7 +30,6 @@ from gym_core.client import (
     ServerError,
     ServiceClient,
     close_client,
-    get_client,
     parse_json,
 )
 from gym_core.config import ConfigError, secret_overrides

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gym_core.auth import find_token
 from gym_core.config import ConfigError, load_config
 from gym_core.launcher import launch
 from gym_core.ray_launcher import Placement, RayLaunchError, launcher_settings, placed_block
@@ -70,7 +71,10 @@ def test_gym_up_on_ray_status_rollout_down(ray_address: str, tmp_path: Path) -> 
                 registry = line.split()[1]
         assert registry, f"gym up did not start: {up.poll()} {up.stderr.read() if up.poll() is not None else ''}"
         local_registry = "http://127.0.0.1:" + registry.rsplit(":", 1)[1]
-        servers = {s["name"]: s for s in httpx.get(f"{local_registry}/servers").json()}
+        # Placed servers listen beyond loopback, so the whole stack needs its token (kept in gym up's 0600 file).
+        auth = {"authorization": f"Bearer {find_token(registry)}"}
+        assert httpx.get(f"{local_registry}/servers").status_code == 401
+        servers = {s["name"]: s for s in httpx.get(f"{local_registry}/servers", headers=auth).json()}
         node_ip = ray.util.get_node_ip_address()
         assert set(servers) == {"fake", "counter"}
         assert all(s["url"].startswith(f"http://{node_ip}:") for s in servers.values())  # bound to the node
@@ -83,13 +87,14 @@ def test_gym_up_on_ray_status_rollout_down(ray_address: str, tmp_path: Path) -> 
         while ray.available_resources().get("CPU", 0) != pytest.approx(0.5) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert ray.available_resources().get("CPU", 0) == pytest.approx(0.5)  # 2 CPUs - 1 (fake) - 0.5 (counter)
-        status = subprocess.run([sys.executable, "-m", "gym_core.cli", "status", "--registry", local_registry],
+        status = subprocess.run([sys.executable, "-m", "gym_core.cli", "status", "--registry", registry],
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0 and status.stdout.count(" ok") == 2, status.stdout
-        reply = httpx.post(f"{servers['fake']['url']}/run", json={"responses_create_params": {"input": "x"}},
-                           timeout=30)
+        row = {"responses_create_params": {"input": "x"}}
+        assert httpx.post(f"{servers['fake']['url']}/run", json=row, timeout=30).status_code == 401
+        reply = httpx.post(f"{servers['fake']['url']}/run", json=row, headers=auth, timeout=30)
         assert reply.json()["reward"] == 1.0
-        down = subprocess.run([sys.executable, "-m", "gym_core.cli", "down", "--registry", local_registry],
+        down = subprocess.run([sys.executable, "-m", "gym_core.cli", "down", "--registry", registry],
                               capture_output=True, text=True, timeout=90)
         assert down.returncode == 0, down.stderr
         assert up.wait(timeout=60) == 0
