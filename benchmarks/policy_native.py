@@ -2,8 +2,8 @@
 
 direct: `AsyncEngine(Engine(builtin:tiny, max_batch=c))` in this process, `c` workers submitting requests back to
 back; each request's prompt ids are rendered beforehand, so this is the engine alone.
-server: the same engine config behind the policy server in its own process (uvicorn with uvloop and httptools,
-as `gym up` runs it); `c` workers in this process post `/v1/chat/completions` through the framework's client
+server: the same engine config behind the policy server, started as `gym up` starts it (its own process,
+uvicorn with uvloop and httptools, the servers' GC settings); `c` workers in this process post `/v1/chat/completions` through the framework's client
 (`gym_core.client`), so the server renders, generates, parses and answers with the token fields.
 
 Every request is a ~40-token chat prompt, `max_tokens` N with `ignore_eos` and a seed, so each generates exactly
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,47 +47,28 @@ def messages(i: int) -> list[dict[str, str]]:
 
 
 # ---- the server process --------------------------------------------------------------------------------
-def serve(config: dict[str, Any]) -> None:
-    """Run one policy server on a free port; print its port once it accepts connections (the child's side)."""
-    from gym_core.server import bind_socket, uvicorn_server
-    from servers.policy.server import PolicyServer
-
-    sock = bind_socket("127.0.0.1", 0)
-    server = uvicorn_server(PolicyServer("policy", config).build_app(), log_level="warning")
-
-    async def run() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            if task.done():
-                raise SystemExit("the policy server failed to start; see above")
-            await asyncio.sleep(0.05)
-        print(sock.getsockname()[1], flush=True)
-        await task
-
-    asyncio.run(run())
-
-
 class ServerProcess:
-    """The policy server in a child process; stopped (and waited for) on exit."""
+    """The policy server started as `gym up` starts it (`gym_core.launcher`: its own process, uvloop, the servers'
+    GC settings); stopped on exit."""
 
     def __init__(self, config: dict[str, Any], start_timeout: float) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve", json.dumps(config)],
-                                     stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        self.start_timeout = start_timeout
+        self.config, self.start_timeout = config, start_timeout
+        self._exit = contextlib.ExitStack()
+        self.pid = 0
 
     async def __aenter__(self) -> str:
-        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), self.start_timeout)
-        if not line.strip():
-            raise RuntimeError("the policy server exited before it was ready")
-        return f"http://127.0.0.1:{int(line)}"
+        from gym_core.config import load_config
+        from gym_core.launcher import launch
+
+        os.environ.setdefault("GYM_LOG_LEVEL", "warning")
+        stack = launch(load_config({"servers": {"policy": self.config}}), start_timeout=self.start_timeout,
+                       echo_logs=False)
+        running = await asyncio.to_thread(self._exit.enter_context, stack)
+        self.pid = running.servers["policy"].pid
+        return running.url("policy")
 
     async def __aexit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            await asyncio.to_thread(self.proc.wait, 30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            await asyncio.to_thread(self.proc.wait)
+        await asyncio.to_thread(self._exit.close)
 
 
 # ---- the two sides -------------------------------------------------------------------------------------
@@ -242,7 +222,6 @@ the per-request HTTP work shows at its largest here; with a real model it is a r
 def main() -> None:
     """Parse flags, run each concurrency, print and record the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", help=argparse.SUPPRESS)  # the child process: a policy config as JSON
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--requests-per-slot", type=int, default=4, help="requests per window = this x concurrency")
@@ -253,9 +232,6 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer tokens and windows, for a smoke test")
     parser.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/README.md alone")
     args = parser.parse_args()
-    if args.serve:
-        serve(json.loads(args.serve))
-        return
     if args.quick:
         args.new_tokens, args.windows, args.requests_per_slot, args.min_requests = 16, 1, 1, 8
     rows = {c: asyncio.run(measure(c, args)) for c in args.concurrency}

@@ -2,11 +2,13 @@
 
 `POST /v1/chat/completions`: while fewer than `--tool-calls` tool results follow the last user message and
 tools are offered, it calls the first tool with arguments read off the user's text (a capitalized name for
-string parameters); then it answers in text with the last tool result. Asked for `logprobs` with
-`return_tokens_as_token_ids` (the policy server's training mode), it returns vLLM's token shapes: each
-generated token as "token_id:<int>" with a log-prob, and `prompt_token_ids` when `return_token_ids` is set
-(fake ids: the bytes of the text). `stream: true` answers in SSE chunks, usage in the last one when
-`stream_options.include_usage` is set. `POST /v1/completions` continues any prompt with the same few words (token
+string parameters); then it answers in text with the last tool result. `n` > 1 gives n choices (sample i > 0
+says which it is). Asked for `logprobs` with `return_tokens_as_token_ids` (the policy server's training mode),
+it returns vLLM's token shapes: each generated token as "token_id:<int>" with a log-prob, and
+`prompt_token_ids` when `return_token_ids` is set (fake ids: the bytes of the text). `stream: true` answers in
+SSE chunks as vLLM streams them (the answer a word at a time; a tool call's name, then its arguments in
+pieces; in training mode each chunk's ids and log-probs, the prompt's ids on the first), usage in the last one
+when `stream_options.include_usage` is set. `POST /v1/completions` continues any prompt with the same few words (token
 shapes likewise), `POST /tokenize` (at the root, as in vLLM) returns the bytes of the prompt or the messages' JSON,
 and `GET /health` and `GET /v1/models` answer too.
 
@@ -47,8 +49,10 @@ def _arguments(tool: dict[str, Any], user_text: str) -> dict[str, Any]:
     return {name: names[-1] if schema.get("type") == "string" else 1 for name, schema in properties.items()}
 
 
-def reply_message(body: dict[str, Any], tool_calls: int) -> dict[str, Any]:
-    """The assistant message for a chat request: a tool call while calls are due, else a text answer."""
+def reply_message(body: dict[str, Any], tool_calls: int, sample: int = 0) -> dict[str, Any]:
+    """The assistant message for a chat request: a tool call while calls are due, else a text answer.
+
+    Sample 0 is the answer; sample i > 0 of `n` says which sample it is, so a client can tell them apart."""
     messages = body.get("messages") or []
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
     results = [m for m in messages[last_user + 1:] if m.get("role") == "tool"]
@@ -56,33 +60,49 @@ def reply_message(body: dict[str, Any], tool_calls: int) -> dict[str, Any]:
     if tools and len(results) < tool_calls:
         user_text = _text(messages[last_user].get("content")) if last_user >= 0 else ""
         arguments = orjson.dumps(_arguments(tools[0], user_text)).decode()
-        call = {"id": f"call_{time.monotonic_ns():x}", "type": "function",
+        call = {"id": f"call_{time.monotonic_ns():x}{sample}", "type": "function",
                 "function": {"name": tools[0]["function"]["name"], "arguments": arguments}}
         return {"role": "assistant", "content": None, "tool_calls": [call]}
     answer = f"The answer: {_text(results[-1].get('content'))}" if results else "Hello from the stub upstream."
-    return {"role": "assistant", "content": answer}
+    return {"role": "assistant", "content": answer + (f" (sample {sample + 1})" if sample else "")}
 
 
 def completion(body: dict[str, Any], tool_calls: int) -> dict[str, Any]:
-    """A whole chat completion in vLLM's shape (token fields when the request asks as a trainer does)."""
-    message = reply_message(body, tool_calls)
-    generated = (message["content"] or orjson.dumps(message.get("tool_calls")).decode()).encode()
+    """A whole chat completion in vLLM's shape: `n` choices, token fields when the request asks as a trainer does."""
     prompt_words = sum(len(_text(m.get("content")).split()) for m in body.get("messages") or [])
-    choice: dict[str, Any] = {"index": 0, "message": message,
-                              "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}
+    choices, generated_count = [], 0
+    for sample in range(body.get("n") or 1):
+        message = reply_message(body, tool_calls, sample)
+        generated = _generated(message)
+        generated_count += len(generated)
+        choice: dict[str, Any] = {"index": sample, "message": message,
+                                  "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}
+        if body.get("logprobs") and body.get("return_tokens_as_token_ids"):
+            choice["logprobs"] = {"content": _logprobs(generated)}
+        if body.get("return_token_ids"):
+            choice["token_ids"] = list(generated)
+        choices.append(choice)
     reply: dict[str, Any] = {
         "id": f"chatcmpl-{time.monotonic_ns():x}", "object": "chat.completion", "created": int(time.time()),
-        "model": body.get("model") or "stub", "choices": [choice],
-        "usage": {"prompt_tokens": prompt_words, "completion_tokens": len(generated),
-                  "total_tokens": prompt_words + len(generated)},
+        "model": body.get("model") or "stub", "choices": choices,
+        "usage": {"prompt_tokens": prompt_words, "completion_tokens": generated_count,
+                  "total_tokens": prompt_words + generated_count},
     }
-    if body.get("logprobs") and body.get("return_tokens_as_token_ids"):
-        choice["logprobs"] = {"content": [{"token": f"token_id:{b}", "logprob": -0.5, "bytes": [b],
-                                           "top_logprobs": []} for b in generated]}
     if body.get("return_token_ids"):
         reply["prompt_token_ids"] = list(orjson.dumps(body.get("messages")))[:prompt_words + 1]
-        choice["token_ids"] = list(generated)
     return reply
+
+
+def _generated(message: dict[str, Any]) -> bytes:
+    """The fake token ids of a message: the bytes of its text, or of its tool calls' names and arguments (the
+    same bytes its streamed pieces carry)."""
+    if not message.get("tool_calls"):
+        return message["content"].encode()
+    return b"".join((c["function"]["name"] + c["function"]["arguments"]).encode() for c in message["tool_calls"])
+
+
+def _logprobs(ids: bytes) -> list[dict[str, Any]]:
+    return [{"token": f"token_id:{b}", "logprob": -0.5, "bytes": [b], "top_logprobs": []} for b in ids]
 
 
 def text_completion(body: dict[str, Any]) -> dict[str, Any]:
@@ -103,24 +123,48 @@ def text_completion(body: dict[str, Any]) -> dict[str, Any]:
                       "total_tokens": len(prompt_ids) + len(generated)}}
 
 
-def _chunk(reply: dict[str, Any], delta: dict[str, Any], finish: str | None) -> bytes:
+def _chunk(reply: dict[str, Any], index: int, delta: dict[str, Any], finish: str | None,
+           generated: bytes | None = None) -> bytes:
+    """One SSE frame: a delta of choice `index`; `generated` its tokens' ids (vLLM sends them when asked)."""
+    choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish}
+    if generated is not None:
+        choice["logprobs"], choice["token_ids"] = {"content": _logprobs(generated)}, list(generated)
     chunk = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
-             "model": reply["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+             "model": reply["model"], "choices": [choice]}
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _pieces(message: dict[str, Any]) -> list[tuple[dict[str, Any], bytes]]:
+    """A message's deltas as vLLM streams them, each with the bytes (fake ids) it adds: the answer a word at a
+    time; a tool call's id and name first, then its arguments in pieces."""
+    if not message.get("tool_calls"):
+        return [({"content": word}, word.encode()) for word in re.findall(r"\S+\s*", message["content"])]
+    pieces: list[tuple[dict[str, Any], bytes]] = []
+    for i, call in enumerate(message["tool_calls"]):
+        head = {"index": i, "id": call["id"], "type": "function",
+                "function": {"name": call["function"]["name"], "arguments": ""}}
+        pieces.append(({"tool_calls": [head]}, call["function"]["name"].encode()))
+        arguments = call["function"]["arguments"]
+        for start in range(0, len(arguments), 8):
+            part = arguments[start:start + 8]
+            pieces.append(({"tool_calls": [{"index": i, "function": {"arguments": part}}]}, part.encode()))
+    return pieces
 
 
 async def _stream(request: web.Request, body: dict[str, Any], reply: dict[str, Any]) -> web.StreamResponse:
     stream = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await stream.prepare(request)
-    message = reply["choices"][0]["message"]
-    await stream.write(_chunk(reply, {"role": "assistant", "content": ""}, None))
-    if message.get("tool_calls"):
-        calls = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-        await stream.write(_chunk(reply, {"tool_calls": calls}, None))
-    else:
-        for word in re.findall(r"\S+\s*", message["content"]):
-            await stream.write(_chunk(reply, {"content": word}, None))
-    await stream.write(_chunk(reply, {}, reply["choices"][0]["finish_reason"]))
+    training = bool(body.get("logprobs") and body.get("return_tokens_as_token_ids"))
+    for choice in reply["choices"]:
+        index = choice["index"]
+        opening = _chunk(reply, index, {"role": "assistant", "content": ""}, None, b"" if training else None)
+        if index == 0 and "prompt_token_ids" in reply:  # vLLM sends the prompt's ids on the first chunk
+            frame = orjson.loads(opening[len(b"data: "):])
+            opening = b"data: " + orjson.dumps({**frame, "prompt_token_ids": reply["prompt_token_ids"]}) + b"\n\n"
+        await stream.write(opening)
+        for delta, generated in _pieces(choice["message"]):
+            await stream.write(_chunk(reply, index, delta, None, generated if training else None))
+        await stream.write(_chunk(reply, index, {}, choice["finish_reason"], b"" if training else None))
     if (body.get("stream_options") or {}).get("include_usage"):
         usage = {k: reply[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk",
                                                                       "choices": [], "usage": reply["usage"]}

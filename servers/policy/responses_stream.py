@@ -42,7 +42,8 @@ class ResponsesStream:
         self.reasoning_text, self.text = "", ""
         self.entries: list[Any] = []  # every token's log-prob entry so far (chat form)
         self.sent_entries = 0  # answer log-probs already sent
-        self.delta: dict[str, Any] = {}  # the token fields and tool calls of the last chunk
+        self.delta: dict[str, Any] = {}  # the token fields of the last chunk
+        self.calls: dict[int, dict[str, Any]] = {}  # tool calls by index, their arguments joined across chunks
         self.finish_reason: str | None = None
 
     def start(self, metadata: dict[str, str] | None) -> list[dict[str, Any]]:
@@ -61,7 +62,10 @@ class ResponsesStream:
                 events += self._reason(delta["reasoning_content"])
             if delta.get("content"):
                 events += self._answer(delta["content"])
-            self.delta.update({k: v for k, v in delta.items() if k not in ("content", "reasoning_content")})
+            for call in delta.get("tool_calls") or ():
+                self._add_call(call)
+            self.delta.update({k: v for k, v in delta.items() if k not in ("content", "reasoning_content",
+                                                                            "tool_calls")})
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
         return events
 
@@ -110,6 +114,20 @@ class ResponsesStream:
                                      output_index=self._index(self.message), content_index=0, delta=text,
                                      logprobs=fresh)]
 
+    def _add_call(self, call: dict[str, Any]) -> None:
+        """A tool call delta: whole (our engines) or in pieces, the arguments streamed after the name (vLLM)."""
+        index = call.get("index", len(self.calls))
+        function = call.get("function") or {}
+        known = self.calls.get(index)
+        if known is None:
+            self.calls[index] = {"id": call.get("id") or f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                                 "function": {"name": function.get("name") or "",
+                                              "arguments": function.get("arguments") or ""}}
+            return
+        known["id"] = call.get("id") or known["id"]
+        known["function"]["name"] += function.get("name") or ""
+        known["function"]["arguments"] += function.get("arguments") or ""
+
     def _open(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         self.items.append(item)
         return [self._event("response.output_item.added", output_index=len(self.items) - 1, item=item)]
@@ -145,6 +163,8 @@ class ResponsesStream:
     def _final(self, usage: dict[str, Any] | None, metadata: dict[str, str] | None) -> dict[str, Any]:
         """`chat_to_response` of the completion the chunks assembled, as a dict."""
         fields = {k: v for k, v in self.delta.items() if k not in ("role",)}
+        if self.calls:
+            fields["tool_calls"] = [self.calls[index] for index in sorted(self.calls)]
         message = ChatMessage(role="assistant", content=self.text or None,
                               reasoning_content=self.reasoning_text or None, **fields)
         logprobs = ChoiceLogprobs(content=self.entries) if self.entries else None

@@ -168,8 +168,11 @@ class PolicyServer(GymServer):
             return _gone()
         except StopAsyncIteration:
             return self._versioned(error_response(502, "the engine ended its stream before the first chunk"))
-        # The first chunk comes once the request is generating, so its version is the one it was admitted under.
-        version = (first.get("metadata") or {}).get("model_version") or self.engine.model_version
+        # The first chunk comes once the request is generating, so its version is the one it was admitted under
+        # (an upstream's chunks name none: the engine's current one).
+        metadata = first.get("metadata") or {}
+        version = metadata.get("model_version") or self.engine.model_version
+        first["metadata"] = {**metadata, "model_version": version}
         headers = {MODEL_VERSION_HEADER: version}
         if params is not None:
             events = response_events(chunks, first, params, first.get("model") or self.engine.model_name)

@@ -2,12 +2,13 @@
 
 Chat completions stream as OpenAI's do: `data: <chunk>` frames and a final `data: [DONE]`. Responses stream
 with an `event: <type>` line before each `data:` frame and no `[DONE]`, as OpenAI's Responses API does. An
-error after the stream began (the engine stopped, a deadline passed) is a last `data: {"error": {...}}` frame,
-which the `openai` SDK raises as an APIError.
+error after the stream began (the engine stopped, a deadline passed, an upstream failed, or a bug) is a last
+`data: {"error": {...}}` frame, which the `openai` SDK raises as an APIError.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,6 +16,8 @@ from starlette.responses import StreamingResponse
 
 from gym_core.protocol import dumps
 from servers.policy.engines.base import EngineError
+
+log = logging.getLogger(__name__)
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -30,9 +33,17 @@ async def _frames(events: AsyncIterator[dict[str, Any]], named: bool) -> AsyncIt
             data = b"data: " + dumps(event) + b"\n\n"
             yield b"event: " + event["type"].encode() + b"\n" + data if named else data
     except EngineError as err:
-        yield b"data: " + dumps({"error": {"type": err.error_type, "message": str(err)}}) + b"\n\n"
+        yield _error_frame(err.error_type, str(err))
+        return
+    except Exception:  # a bug here must still end the stream in a way the client reads, not a cut connection
+        log.exception("stream failed")
+        yield _error_frame("server_error", "the policy server failed while streaming; see its log")
         return
     finally:
         await events.aclose()  # type: ignore[attr-defined]  # an async generator: close it, whatever happened
     if not named:
         yield b"data: [DONE]\n\n"
+
+
+def _error_frame(error_type: str, message: str) -> bytes:
+    return b"data: " + dumps({"error": {"type": error_type, "message": message}}) + b"\n\n"

@@ -87,8 +87,8 @@ async def test_policy_routes_conform(stack) -> None:
 
 async def test_stream_chunks_conform(stack) -> None:
     engine = stack["policy_server"].engine
-    if stack["engine"] != "openai":
-        pytest.skip(f"the {stack['engine']} engine's streaming is checked where it is built")
+    if stack["engine"] == "native":
+        pytest.skip("the native engine's streaming is checked where it is built (tests/servers)")
     for row in ROWS[:3]:
         for tools in (False, True):
             request = ChatCompletionRequest.model_validate(chat_body(row, tools))

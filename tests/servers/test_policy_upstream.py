@@ -77,6 +77,40 @@ async def test_leaving_a_stream_early_and_upstream_errors(stub, serve):
     assert only["choices"][0]["finish_reason"] == "length"
 
 
+def broken_stream_double(last: bytes) -> FastAPI:
+    """An upstream that starts a chat stream and then sends `last` instead of finishing it."""
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        head = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m"}
+        opening = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Sun"},
+                                        "finish_reason": None}]}
+        return StreamingResponse(iter([b"data: " + dumps(opening) + b"\n\n", last]), media_type="text/event-stream")
+
+    return app
+
+
+async def test_an_upstream_failing_mid_stream_reaches_the_client_as_an_error(serve):
+    openai = pytest.importorskip("openai")
+    vllm_error = b'data: {"object": "error", "message": "EngineCore died", "type": "InternalServerError"}\n\n'
+    for last, reason in ((vllm_error, "EngineCore died"), (b"", "before any choice finished")):
+        base = await serve(broken_stream_double(last)) + "/v1"
+        engine = create_engine("openai", {"base_url": base}, "policy")
+        with pytest.raises(EngineError, match=reason) as caught:
+            async for _ in engine.chat_stream(question()):
+                pass
+        assert caught.value.status == 502
+        policy = await serve(PolicyServer("policy", {"engine": "openai", "base_url": base}).build_app())
+        client = openai.AsyncOpenAI(base_url=policy + "/v1", api_key="unused", max_retries=0)
+        stream = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True)
+        with pytest.raises(openai.APIError, match=reason):
+            async for _ in stream:
+                pass
+        await client.close()
+
+
 def vllm_double(seen: list[dict[str, Any]], *, status: int = 200) -> FastAPI:
     """vLLM's chat completions, streamed or not, with token ids, reasoning and usage as vLLM sends them.
 
@@ -175,6 +209,28 @@ async def test_reasoning_controls_reach_vllm_as_nvidia_documents_them(serve):
     defaults = create_engine("openai", {"base_url": base, "enable_thinking": False}, "policy")
     await defaults.chat(question())
     assert seen[-1]["chat_template_kwargs"] == {"enable_thinking": False} and "vllm_xargs" not in seen[-1]
+
+
+async def test_reasoning_effort_flips_the_templates_switch_as_the_native_engine_does(serve):
+    seen: list = []
+    base = await serve(vllm_double(seen)) + "/v1"
+    engine = create_engine("openai", {"base_url": base, "enable_thinking": False}, "policy")
+    off = await engine.chat(question(reasoning_effort="none"))
+    assert seen[-1]["chat_template_kwargs"] == {"enable_thinking": False} and "reasoning_effort" not in seen[-1]
+    assert off.choices[0].message.reasoning_content is None
+    on = await engine.chat(question(reasoning_effort="low"))  # an effort turns reasoning on over the default
+    assert seen[-1]["chat_template_kwargs"] == {"enable_thinking": True} and seen[-1]["reasoning_effort"] == "low"
+    assert on.choices[0].message.reasoning_content == "The user wants weather."
+    await engine.chat(question(reasoning_effort="high", chat_template_kwargs={"enable_thinking": False}))
+    assert seen[-1]["chat_template_kwargs"] == {"enable_thinking": False}  # the template's own switch wins
+    policy = await serve(PolicyServer("policy", {"engine": "openai", "base_url": base}).build_app())
+    client = get_client()
+    none = (await client.post(policy, "/v1/responses", {"input": "Weather?", "reasoning": {"effort": "none"}})).json()
+    assert seen[-1]["chat_template_kwargs"] == {"enable_thinking": False}
+    assert [item["type"] for item in none["output"]] == ["message"]
+    assert none["usage"]["output_tokens_details"] == {"reasoning_tokens": 0}
+    medium = (await client.post(policy, "/v1/responses", {"input": "Weather?", "reasoning": {"effort": "medium"}}))
+    assert [item["type"] for item in medium.json()["output"]] == ["reasoning", "message"]
 
 
 async def test_reasoning_comes_back_apart_from_content_and_counts_on_both_routes(serve):

@@ -4,8 +4,9 @@ An engine turns a chat-completions request into a completion. It owns everything
 URLs, weights, tokenizer); the policy server owns HTTP and the Responses conversion. A new engine (the
 native torch model, vLLM in-process) is a class with `config_model` and `chat`, plus one line in `ENGINES`.
 Engines that own a tokenizer (or front one) also implement `complete` (raw prompt in, text and ids out) and
-`tokenize`; the others answer those routes with a 501 that names the engines that do. Streaming (`chat_stream`)
-and live weight updates (`update_weights`, `model_version`) are optional the same way.
+`tokenize`; the others answer those routes with a 501 that names the engines that do. Live weight updates
+(`update_weights`, `model_version`) are optional the same way. Every engine streams (`chat_stream`): those that
+generate token by token override it; the default replays `chat`'s whole answer as chunks.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from gym_core.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
+from servers.policy.engines.replay import replay_chunks
 
 # engine name -> "module:Class"; imported only when chosen, so torch/vLLM load only for the engines using them.
 ENGINES: dict[str, str] = {
@@ -92,11 +94,16 @@ class Engine(ABC):
         """The token ids of a conversation as the chat template renders it, or of a plain prompt."""
         raise self._unsupported("/tokenize")
 
-    def chat_stream(self, request: ChatCompletionRequest, *,
-                    session_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """`chat.completion.chunk` objects as the completion is generated; the last one carries `usage`."""
-        raise EngineError(f"the {type(self).__name__} engine does not stream; send stream: false", 422,
-                          "invalid_request")
+    async def chat_stream(self, request: ChatCompletionRequest, *,
+                          session_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """`chat.completion.chunk` dicts as the completion is generated; the last one carries `usage`.
+
+        An async generator, which the policy server closes (`aclose`) when its client leaves; an EngineError it
+        raises before its first chunk is answered as a plain HTTP error. This default is for engines that make
+        a completion all at once: `chat`'s answer replayed a word per chunk (`replay`).
+        """
+        for chunk in replay_chunks(await self.chat(request, session_id=session_id)):
+            yield chunk
 
     async def update_weights(self, source: WeightSource) -> str:
         """Serve new weights from the next admitted request on (running ones are not dropped); the new version."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import tempfile
 import time
 import uuid
@@ -72,6 +73,11 @@ class NativeConfig(EngineConfig):
     # None: on with CUDA, off on CPU, where its warm-up takes minutes (docs/policy_server.md, "Compiled decode").
     compile: bool | None = None
     close_timeout: float = Field(10.0, gt=0)  # seconds shutdown waits for the engine's current step
+    # The process's GIL switch interval while the engine runs (sys.setswitchinterval; Python's default is 0.005):
+    # how long the engine thread may wait for the event loop's Python between two kernels. At 5 ms the loop's
+    # bursts of request handling stall decode steps; 0.5 ms: +10-25% server tokens/s at concurrency 32
+    # (benchmarks/README.md, "Policy server vs engine"). None leaves Python's setting alone.
+    gil_switch_interval: float | None = Field(0.0005, gt=0)
 
 
 class NativeEngine(Engine):
@@ -94,6 +100,7 @@ class NativeEngine(Engine):
         self._weight_updates = 0
         self._stopping = False
         self._weights_lock = asyncio.Lock()  # one update at a time: each reads a whole checkpoint
+        self._switch_interval: float | None = None  # the process's own, restored at close
 
     @property
     def spliced_prompts(self) -> int:
@@ -145,6 +152,9 @@ class NativeEngine(Engine):
             log.info("native engine: decode step compiled for %d spans at batch %d in %.1f s", spans,
                      cfg.max_batch, time.monotonic() - started)
         self.use_tokenizer(tokenizer, lm.config.vocab_size)
+        if cfg.gil_switch_interval is not None:
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(cfg.gil_switch_interval)
         self._runner = AsyncEngine(self.generator)
         log.info("native engine: %s on %s in %s, max_batch=%d max_len=%d, compiled decode %s", cfg.model, device,
                  dtype_name, cfg.max_batch, cfg.max_len, "on" if compiled else "off")
@@ -155,6 +165,9 @@ class NativeEngine(Engine):
             self._stopping = True
             runner, self._runner = self._runner, None
             await asyncio.to_thread(runner.close, self.config.close_timeout)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
+            self._switch_interval = None
 
     # ---- weights ------------------------------------------------------------------------------------
     async def update_weights(self, source: WeightSource) -> str:

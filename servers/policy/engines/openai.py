@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -40,6 +40,8 @@ from gym_core.protocol import (
 from servers.policy.engines import reasoning, vllm_tokens
 from servers.policy.engines.base import Engine, EngineConfig, EngineError, WeightSource
 from servers.policy.engines.vllm_weights import VLLMWeightUpdater, next_version
+
+T = TypeVar("T")
 
 # How vLLM and OpenAI word "the prompt plus max_tokens exceed the context window".
 _CONTEXT_OVERFLOW = re.compile(r"context length|context window|maximum context|max_tokens.*too large", re.I)
@@ -75,13 +77,15 @@ class OpenAIEngineConfig(EngineConfig):
 class OpenAIEngine(Engine):
     """Sends each request to one upstream's `/chat/completions` (`/completions`, `/tokenize`) and returns its answer.
 
-    `/tokenize` is at the upstream's root, not under `/v1`, as vLLM serves it. With `return_token_ids` the
+    `n` > 1 goes upstream as is (vLLM samples the prompt n times); every choice comes back, each with its own
+    token fields in training mode. `/tokenize` is at the upstream's root, not under `/v1`, as vLLM serves it. With `return_token_ids` the
     upstream is asked for token ids and log-probs (see `vllm_tokens`); a prompt whose ids it did not return
     is tokenized by the same upstream.
     """
 
     config: OpenAIEngineConfig
     config_model = OpenAIEngineConfig
+    supports_n = True
 
     def __init__(self, config: OpenAIEngineConfig, model_name: str) -> None:
         super().__init__(config, model_name)
@@ -113,15 +117,19 @@ class OpenAIEngine(Engine):
         reply = await self._post(self.replica_for(session_id), "/chat/completions", body)
         if reply is None:  # the conversation outgrew the model: an episode that ends here
             return ChatCompletionResponse(model=body["model"], choices=[
-                ChatChoice(message=ChatMessage(role="assistant", content=""), finish_reason="length")])
+                ChatChoice(index=i, message=ChatMessage(role="assistant", content=""), finish_reason="length")
+                for i in range(request.n)])
         for choice in reply.get("choices") or []:
             if isinstance(choice, dict) and isinstance(choice.get("message"), dict):
                 reasoning.normalize(choice["message"])
         if self.config.return_token_ids:
-            tokens = self._take(vllm_tokens.take_chat_tokens, reply, _asked_logprobs(request))
-            if tokens.prompt is None:
-                tokens.prompt = await self._prompt_ids(request, session_id)
-            reply["choices"][0]["message"].update(tokens.fields())
+            per_choice = self._take(vllm_tokens.take_chat_tokens, reply, _asked_logprobs(request))
+            if any(tokens.prompt is None for tokens in per_choice):
+                prompt = await self._prompt_ids(request, session_id)
+                for tokens in per_choice:
+                    tokens.prompt = tokens.prompt or prompt
+            for choice, tokens in zip(reply["choices"], per_choice, strict=True):
+                choice["message"].update(tokens.fields())
         return _validated(ChatCompletionResponse, reply, "chat completion")
 
     async def chat_stream(self, request: ChatCompletionRequest, *,
@@ -138,19 +146,24 @@ class OpenAIEngine(Engine):
                                            timeout=self.config.timeout_s) as response:
                 if response.status_code >= 400:
                     await _overflow_or_raise(base + "/chat/completions", response)
-                    yield _length_chunk(body["model"])
+                    yield _length_chunk(body["model"], request.n)
                     return
+                finished = False
                 async for data in aiter_sse(response):
                     if data == "[DONE]":
                         break
                     chunk = _chunk(data, base)
                     for choice in chunk.get("choices") or []:
                         reasoning.normalize(choice.get("delta") or {})
+                        finished = finished or choice.get("finish_reason") is not None
                     if training is not None:
                         await self._add_stream_tokens(training, chunk, keep_logprobs, request, session_id)
                     yield chunk
         except httpx.HTTPError as exc:
             raise _transport_error(base + "/chat/completions", exc, self.config.timeout_s) from None
+        if not finished:  # the connection ended cleanly, but the generation did not
+            raise EngineError(f"upstream {base}/chat/completions ended its stream before any choice finished", 502,
+                              "upstream_error")
 
     async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
         """Forward a legacy completion; with `return_token_ids` its choice carries the token fields."""
@@ -213,8 +226,7 @@ class OpenAIEngine(Engine):
             return messages
         return [{k: v for k, v in m.items() if k not in TOKEN_FIELDS} for m in messages]
 
-    def _take(self, take: Callable[..., vllm_tokens.Tokens], reply: dict[str, Any],
-              keep_logprobs: bool) -> vllm_tokens.Tokens:
+    def _take(self, take: Callable[..., T], reply: dict[str, Any], keep_logprobs: bool) -> T:
         """`take(reply)`, with an answer lacking the tokens (or not shaped like a completion) as a 502."""
         try:
             return take(reply, keep_logprobs=keep_logprobs)
@@ -224,18 +236,18 @@ class OpenAIEngine(Engine):
     async def _add_stream_tokens(self, tokens: vllm_tokens.StreamTokens, chunk: dict[str, Any],
                                  keep_logprobs: bool, request: ChatCompletionRequest,
                                  session_id: str | None) -> None:
-        """Gather a chunk's ids; on the finishing chunk, put the three token fields on its delta."""
+        """Gather a chunk's ids; on a choice's finishing chunk, put its three token fields on its delta."""
         tokens.take(chunk, keep_logprobs=keep_logprobs)
-        choices = chunk.get("choices") or []
-        if not (choices and choices[0].get("finish_reason")):
-            return
-        try:
-            gathered = tokens.tokens()
-        except vllm_tokens.MissingTokens as exc:
-            raise EngineError(f"return_token_ids: {exc}", 502, "upstream_error") from None
-        if gathered.prompt is None:
-            gathered.prompt = await self._prompt_ids(request, session_id)
-        choices[0].setdefault("delta", {}).update(gathered.fields())
+        for choice in chunk.get("choices") or []:
+            if not choice.get("finish_reason"):
+                continue
+            try:
+                gathered = tokens.tokens(choice.get("index", 0))
+            except vllm_tokens.MissingTokens as exc:
+                raise EngineError(f"return_token_ids: {exc}", 502, "upstream_error") from None
+            if gathered.prompt is None:
+                tokens.prompt = gathered.prompt = await self._prompt_ids(request, session_id)
+            choice.setdefault("delta", {}).update(gathered.fields())
 
     async def _prompt_ids(self, request: ChatCompletionRequest, session_id: str | None) -> list[int]:
         """The prompt's ids from the upstream's `/tokenize`, for an upstream that did not return them inline."""
@@ -284,6 +296,7 @@ def _transport_error(url: str, exc: httpx.HTTPError, timeout_s: float) -> Engine
 
 
 def _chunk(data: str, base: str) -> dict[str, Any]:
+    """One streamed event as a chunk; an error event (vLLM's `{"error": ...}` or `{"object": "error"}`) raises."""
     try:
         chunk = loads(data)
     except ValueError:
@@ -291,14 +304,18 @@ def _chunk(data: str, base: str) -> dict[str, Any]:
     if not isinstance(chunk, dict):
         raise EngineError(f"upstream {base} streamed an event that is not a JSON object: {data[:200]}", 502,
                           "upstream_error")
+    if "choices" not in chunk and ("error" in chunk or chunk.get("object") == "error"):
+        error = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+        raise EngineError(f"upstream {base} failed mid-stream: {str(error.get('message') or error)[:500]}", 502,
+                          "upstream_error")
     return chunk
 
 
-def _length_chunk(model: str) -> dict[str, Any]:
+def _length_chunk(model: str, n: int) -> dict[str, Any]:
     """The one chunk of a stream whose prompt already fills the context: nothing generated, cut for length."""
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": "length"}]}
+            "model": model, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                         "finish_reason": "length"} for i in range(n)]}
 
 
 def _vllm_prompt_ids_only(reply: dict[str, Any]) -> bool:

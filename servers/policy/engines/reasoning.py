@@ -1,7 +1,9 @@
 """Reasoning controls in the form vLLM serves Nemotron 3 with, and reasoning in answers under one name.
 
 The request keys are the native engine's: `chat_template_kwargs.enable_thinking` switches reasoning on or
-off (the Nemotron 3 template's switch), `thinking_budget` / `thinking_grace` bound it in tokens. vLLM takes
+off (the Nemotron 3 template's switch), and so does OpenAI's `reasoning_effort` (Responses `reasoning.effort`)
+where the request's kwargs do not: `"none"` turns it off, any other effort on; `thinking_budget` /
+`thinking_grace` bound it in tokens. vLLM takes
 the budget in `vllm_xargs` as `thinking_budget` / `thinking_budget_grace_period`, the per-request keys of
 NVIDIA's thinking-budget logits processor (shared/nemotron_h.md section 5.2; vLLM must be started with it
 in `--logits-processors`). vLLM's reasoning parser returns reasoning as `reasoning` (newer) or
@@ -17,6 +19,11 @@ _BUDGET_KEYS = {"thinking_budget": "thinking_budget", "thinking_grace": "thinkin
 
 def apply(body: dict[str, Any], enable_thinking: bool | None, budget: int | None, grace: int | None) -> None:
     """Put a chat request's reasoning controls (or the engine's defaults) where vLLM reads them."""
+    effort = body.get("reasoning_effort")
+    if effort is not None:  # OpenAI's switch, as the native engine reads it; chat_template_kwargs wins over it
+        enable_thinking = effort != "none"
+        if effort == "none":  # said by the switch; servers taking only low/medium/high (older vLLM) refuse it
+            del body["reasoning_effort"]
     if enable_thinking is not None:
         kwargs = body.get("chat_template_kwargs") or {}
         if "enable_thinking" not in kwargs:

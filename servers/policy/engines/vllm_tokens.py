@@ -3,14 +3,15 @@
 For training, a vLLM upstream is asked for the sampled tokens' log-probs with `return_tokens_as_token_ids`
 (each sampled token is then written "token_id:<int>") and for `return_token_ids` (the prompt's ids: at the
 top level of a chat completion, on the choice of a legacy completion; the generation's as the choice's
-`token_ids`). `take_*_tokens` read those out of the raw answer and remove vLLM's copies, so the ids cross our
-wire once, as `prompt_token_ids`, `generation_token_ids` and `generation_log_probs`. An upstream whose chat
-message already carries those three (another gym policy server) keeps its own.
+`token_ids`, each choice its own when `n` > 1). `take_*_tokens` read those out of the raw answer and remove
+vLLM's copies, so the ids cross our wire once, as `prompt_token_ids`, `generation_token_ids` and
+`generation_log_probs` (on every choice). An upstream whose chat message already carries those three (another
+gym policy server) keeps its own.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 CHAT_TRAINING_KEYS = {"logprobs": True, "top_logprobs": 0, "return_tokens_as_token_ids": True,
@@ -38,10 +39,15 @@ class Tokens:
                 "generation_log_probs": self.log_probs}
 
 
-def take_chat_tokens(reply: dict[str, Any], *, keep_logprobs: bool) -> Tokens:
-    """The tokens of a vLLM chat completion's first choice; its `logprobs` stay only if `keep_logprobs`."""
-    choice = reply["choices"][0]
-    prompt = reply.pop("prompt_token_ids", None) or choice.pop("prompt_token_ids", None)
+def take_chat_tokens(reply: dict[str, Any], *, keep_logprobs: bool) -> list[Tokens]:
+    """The tokens of each choice of a vLLM chat completion (n > 1: one prompt, its ids at the top level, and a
+    `token_ids` / `logprobs` per choice); the choices' `logprobs` stay only if `keep_logprobs`."""
+    prompt = reply.pop("prompt_token_ids", None)
+    return [_chat_choice_tokens(choice, prompt, keep_logprobs) for choice in reply["choices"]]
+
+
+def _chat_choice_tokens(choice: dict[str, Any], prompt: list[int] | None, keep_logprobs: bool) -> Tokens:
+    prompt = choice.pop("prompt_token_ids", None) or prompt
     token_ids = choice.pop("token_ids", None)
     logprobs = choice.get("logprobs") if keep_logprobs else choice.pop("logprobs", None)
     message = choice["message"]
@@ -64,7 +70,7 @@ def take_completion_tokens(reply: dict[str, Any], *, keep_logprobs: bool) -> Tok
 
 
 class StreamTokens:
-    """The token fields of a streamed vLLM chat completion, gathered chunk by chunk.
+    """The token fields of a streamed vLLM chat completion, gathered chunk by chunk for each choice.
 
     vLLM sends the prompt's ids on the first chunk (`prompt_token_ids`) and each delta's log-probs (tokens as
     "token_id:<int>") and ids (`token_ids`) on its choice; `take` removes vLLM's copies from each chunk.
@@ -72,28 +78,37 @@ class StreamTokens:
 
     def __init__(self) -> None:
         self.prompt: list[int] | None = None
-        self._pairs: list[tuple[Any, Any]] = []
-        self._ids: list[int] = []
-        self._saw_logprobs = False
+        self._choices: dict[int, _ChoiceTokens] = {}
 
     def take(self, chunk: dict[str, Any], *, keep_logprobs: bool) -> None:
         """Record one chunk's ids and log-probs."""
         prompt = chunk.pop("prompt_token_ids", None)
         for choice in chunk.get("choices") or []:
             prompt = choice.pop("prompt_token_ids", None) or prompt
-            self._ids.extend(choice.pop("token_ids", None) or [])
+            gathered = self._choices.setdefault(choice.get("index", 0), _ChoiceTokens())
+            gathered.ids.extend(choice.pop("token_ids", None) or [])
             logprobs = choice.get("logprobs") if keep_logprobs else choice.pop("logprobs", None)
             entries = (logprobs or {}).get("content")
             if entries is not None:
-                self._saw_logprobs = True
-                self._pairs.extend((e.get("token"), e.get("logprob")) for e in entries)
+                gathered.saw_logprobs = True
+                gathered.pairs.extend((e.get("token"), e.get("logprob")) for e in entries)
         if prompt:
             self.prompt = prompt
 
-    def tokens(self) -> Tokens:
-        """The generation so far as `Tokens` (MissingTokens when the upstream sent no log-probs)."""
-        pairs = self._pairs if self._saw_logprobs else None
-        return Tokens(self.prompt, *_generation(pairs, self._ids))
+    def tokens(self, index: int = 0) -> Tokens:
+        """Choice `index`'s generation so far as `Tokens` (MissingTokens when the upstream sent no log-probs)."""
+        gathered = self._choices.get(index) or _ChoiceTokens()
+        pairs = gathered.pairs if gathered.saw_logprobs else None
+        return Tokens(self.prompt, *_generation(pairs, gathered.ids))
+
+
+@dataclass
+class _ChoiceTokens:
+    """One streamed choice's ids and (token, log-prob) pairs so far."""
+
+    ids: list[int] = field(default_factory=list)
+    pairs: list[tuple[Any, Any]] = field(default_factory=list)
+    saw_logprobs: bool = False
 
 
 def _generation(pairs: list[tuple[Any, Any]] | None, token_ids: list[int] | None) -> tuple[list[int], list[float]]:
