@@ -255,12 +255,3 @@ async def test_an_error_after_the_first_chunk_reaches_the_client_as_an_api_error
         with pytest.raises(openai.APIError, match="request_timeout"):
             async for _ in stream:
                 pass
-
-
-async def test_engines_without_streaming_answer_a_clear_4xx(serve):
-    url = await serve(PolicyServer("policy", {"kind": "policy", "engine": "scripted"}).build_app())
-    async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0) as client:
-        with pytest.raises(openai.UnprocessableEntityError, match="does not stream"):
-            await client.chat.completions.create(model="x", messages=QUESTION, stream=True)
-        with pytest.raises(openai.UnprocessableEntityError, match="does not stream"):
-            await client.responses.create(model="x", input="hi", stream=True)
