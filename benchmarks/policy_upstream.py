@@ -36,6 +36,7 @@ from rollout_cpu import QUICKSTART, _run, collect_window, cpu_seconds
 from stub_upstream import start_stub
 
 from gym_core.client import close_client
+from gym_core.gc_tuning import tune_gc
 from gym_core.launcher import Stack, launch
 
 CALLS_PER_ROLLOUT = 2  # one tool call, then the answer
@@ -143,7 +144,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=1800.0, help="seconds for all windows together")
     args = parser.parse_args()
     os.environ.setdefault("GYM_LOG_LEVEL", "warning")
-    tune_collector_gc()  # as `gym rollout` does
+    tune_gc()  # the collector runs in this process: tuned as `gym rollout` tunes its own
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, start_stack() as (stack, pids):
         rows = measure(stack, pids, args, Path(tmp))

@@ -33,6 +33,7 @@ from gym_core.client import (
     parse_json,
 )
 from gym_core.config import ConfigError, secret_overrides
+from gym_core.gc_tuning import tuned_gc
 from gym_core.launcher import LaunchError, format_table, launch
 from rollout.collect import (
     DEFAULT_CONCURRENCY,
@@ -272,6 +273,11 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     """`gym rollout`: collect rollouts against running servers, or start them with --config."""
+    with tuned_gc():  # this process holds every rollout in flight: -25% of its CPU per rollout (gc_tuning)
+        return _rollout(args)
+
+
+def _rollout(args: argparse.Namespace) -> int:
     if args.overrides and not args.config:
         print("gym rollout: overrides need --config", file=sys.stderr)
         return 2

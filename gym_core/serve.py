@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import importlib
 import json
 import os
@@ -26,10 +25,10 @@ from pydantic import ValidationError
 
 from gym_core.auth import AUTH_TOKEN_FILE_ENV, AuthError, StackAuth, find_token
 from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, ServerError, close_client, get_client
+from gym_core.gc_tuning import tune_gc
 from gym_core.server import GymServer, bind_socket, uvicorn_server
 
 BIND_HOST_ENV = "GYM_BIND_HOST"
-GC_YOUNG_THRESHOLD = 50_000
 
 
 class ServeError(RuntimeError):
@@ -174,10 +173,7 @@ def main() -> None:
     """Entry point of `python -m gym_core.serve`."""
     name = "gym_core.serve"
     registry_url = os.environ.get(REGISTRY_URL_ENV, DEFAULT_REGISTRY_URL)
-    # Thousands of requests in flight keep many young objects alive; collecting them every 700 allocations
-    # (Python's default) promotes and re-scans them, a cost per request that grows with concurrency: -25-35%
-    # CPU per rollout at 1,024 in flight (benchmarks/README.md, "Real-model path").
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+    tune_gc()  # -25-35% CPU per rollout at 1,024 in flight (gym_core/gc_tuning.py)
     try:
         name, spec, auth_required = read_launch_request(sys.stdin)
         sys.stdin.close()
