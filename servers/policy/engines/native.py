@@ -15,6 +15,7 @@ two decode steps.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import sys
@@ -48,6 +49,8 @@ from servers.policy.engines.native_stream import chat_chunks
 
 log = logging.getLogger(__name__)
 
+# Conversations with at most this many characters of text are rendered on the event loop (see _build_prompt).
+_INLINE_RENDER_CHARS = 2048
 _STOPPING = "the native engine is shutting down; send the request to another replica or retry after a restart"
 
 
@@ -101,6 +104,8 @@ class NativeEngine(Engine):
         self._stopping = False
         self._weights_lock = asyncio.Lock()  # one update at a time: each reads a whole checkpoint
         self._switch_interval: float | None = None  # the process's own, restored at close
+        # Ids of requests and answers: unique, without a system call (uuid4) and its GIL hand-off per request.
+        self._id_prefix, self._id_counter = uuid.uuid4().hex[:12], itertools.count()
 
     @property
     def spliced_prompts(self) -> int:
@@ -215,8 +220,7 @@ class NativeEngine(Engine):
         self._require_started()
         extras = native_params(request)
         check_chat_request(request)
-        # Rendering a long conversation takes milliseconds of pure Python: keep it off the event loop.
-        prompt = await asyncio.to_thread(self.prompts.build, request, extras)
+        prompt = await self._build_prompt(request, extras)
         room = self.config.max_len - len(prompt.ids)
         top = (request.top_logprobs or 0) if request.logprobs else 0
         params = [self._sampling(request, extras, room, top_logprobs=top, seed_offset=i) for i in range(request.n)]
@@ -229,7 +233,7 @@ class NativeEngine(Engine):
                                return_token_ids=self.config.return_token_ids,
                                parallel_tool_calls=extras.parallel_tool_calls)
                    for i, result in enumerate(results)]
-        return ChatCompletionResponse(model=self.model_name, choices=choices,
+        return ChatCompletionResponse(id=f"chatcmpl-{self._new_id()}", model=self.model_name, choices=choices,
                                       usage=chat_usage(len(prompt.ids), results),
                                       metadata={"model_version": results[0].weights_version})
 
@@ -242,7 +246,7 @@ class NativeEngine(Engine):
         if request.n > 1:
             raise EngineError("stream: true takes n: 1 with the native engine; send n: 1, or stream: false for "
                               "n samples", 422, "unsupported_parameter")
-        prompt = await asyncio.to_thread(self.prompts.build, request, extras)
+        prompt = await self._build_prompt(request, extras)
         room = self.config.max_len - len(prompt.ids)
         top = (request.top_logprobs or 0) if request.logprobs else 0
         params = self._sampling(request, extras, room, top_logprobs=top)
@@ -290,6 +294,20 @@ class NativeEngine(Engine):
             ids = await asyncio.to_thread(self._conversation_ids, chat, request.add_generation_prompt)
         return TokenizeResponse(tokens=ids, count=len(ids), max_model_len=self.config.max_len)
 
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):x}"
+
+    async def _build_prompt(self, request: ChatCompletionRequest, extras: NativeParams) -> Prompt:
+        """The prompt, rendered on the event loop when short, else on a worker thread.
+
+        Rendering a long conversation takes milliseconds of pure Python, which must not hold up the loop; a short
+        one (up to ~0.3 ms here) costs less than handing it to a thread and back, which also wakes a third
+        thread to contend for the GIL with the engine's (benchmarks/README.md, "Policy server vs engine").
+        """
+        if _text_size(request) <= _INLINE_RENDER_CHARS:
+            return self.prompts.build(request, extras)
+        return await asyncio.to_thread(self.prompts.build, request, extras)
+
     def build_prompt(self, request: ChatCompletionRequest, extras: NativeParams | None = None) -> Prompt:
         """The prompt ids `chat` generates from (see `native_prompt`)."""
         return self.prompts.build(request, extras or native_params(request))
@@ -320,8 +338,8 @@ class NativeEngine(Engine):
         from model.async_engine import EngineClosed
         from model.engine import GenerationRequest
 
-        group = uuid.uuid4().hex if len(params) > 1 else None
-        requests = [GenerationRequest(ids, p, prefill_group=group) for p in params]
+        group = self._new_id() if len(params) > 1 else None
+        requests = [GenerationRequest(ids, p, request_id=self._new_id(), prefill_group=group) for p in params]
         work = self._runner.submit(requests[0]) if len(requests) == 1 else self._runner.submit_all(requests)
         timeout = self.config.request_timeout
         try:
@@ -343,7 +361,7 @@ class NativeEngine(Engine):
         from model.async_engine import EngineClosed
         from model.engine import GenerationRequest
 
-        batches = self._runner.stream(GenerationRequest(ids, params))
+        batches = self._runner.stream(GenerationRequest(ids, params, request_id=self._new_id()))
         timeout = self.config.request_timeout
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         try:
@@ -375,3 +393,15 @@ def _nothing(prompt_ids: list[int], version: str) -> Any:
 
     return GenerationResult(request_id="", prompt_token_ids=prompt_ids, token_ids=[], logprobs=[],
                             finish_reason="length", text="", weights_version=version)
+
+
+def _text_size(request: ChatCompletionRequest) -> int:
+    """About the characters the prompt renders to (what rendering costs grows with): the messages' text and tool
+    calls, and a few hundred per tool schema offered."""
+    size = 400 * len(request.tools or ())
+    for message in request.messages:
+        content = message.content
+        size += len(content) if isinstance(content, str) else sum(len(part.text or "") for part in content or ())
+        size += len(message.reasoning_content or "")
+        size += sum(len(call.function.arguments) for call in message.tool_calls or ())
+    return size
