@@ -367,3 +367,13 @@ def test_importing_the_policy_server_and_engine_does_not_import_torch():
     code = ("import sys, servers.policy.server, servers.policy.engines.native; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], check=False, cwd=ROOT).returncode == 0
+
+
+def test_the_engine_shortens_the_gil_switch_interval_while_it_runs():
+    before = sys.getswitchinterval()
+    with native_policy(max_len=256, gil_switch_interval=0.0007) as client:
+        assert sys.getswitchinterval() == pytest.approx(0.0007)
+        assert client.post("/v1/chat/completions", json={"messages": QUESTION, "max_tokens": 2}).status_code == 200
+    assert sys.getswitchinterval() == pytest.approx(before)  # the process's own, back once the engine stopped
+    with native_policy(max_len=256, gil_switch_interval=None):
+        assert sys.getswitchinterval() == pytest.approx(before)
