@@ -50,8 +50,9 @@ class PolicyConfig(ServerConfig):
 class PolicyServer(GymServer):
     """`POST /v1/chat/completions`, `/v1/responses`, `/v1/completions`, `/tokenize`, `GET /v1/models` over one engine.
 
-    The rollout's session (the `X-Session-Id` header, or for NeMo Gym agents the session cookie this server
-    set) is handed to the engine, which may use it to keep a rollout on one replica. Every response carries
+    For an engine with `sticky_sessions` (`openai`: several replicas) the rollout's session (the `X-Session-Id`
+    header, or for NeMo Gym agents the session cookie this server set) is handed to the engine, which keeps a
+    rollout on one replica; the other engines get none, and no session is issued for them. Every response carries
     the served weights' version in `X-Model-Version` (chat completions and Responses also in
     `metadata.model_version`); `POST /v1/weights` changes the weights, `GET /v1/weights` reports them.
     """
@@ -99,7 +100,7 @@ class PolicyServer(GymServer):
         if body.stream:
             return await self._stream(request, body, None)
         try:
-            completion = await unless_disconnected(request, self.engine.chat(body, session_id=session_id_of(request)))
+            completion = await unless_disconnected(request, self.engine.chat(body, session_id=self._session(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
         except ClientGone:
@@ -108,10 +109,10 @@ class PolicyServer(GymServer):
         return self._versioned(JSONResponse(completion), version)
 
     async def _completions_route(self, request: Request) -> JSONResponse:
-        return self._versioned(await _serve(request, CompletionRequest, self.engine.complete))
+        return self._versioned(await _serve(request, CompletionRequest, self.engine.complete, self._session))
 
     async def _tokenize_route(self, request: Request) -> JSONResponse:
-        return self._versioned(await _serve(request, TokenizeRequest, self.engine.tokenize))
+        return self._versioned(await _serve(request, TokenizeRequest, self.engine.tokenize, self._session))
 
     async def _responses_route(self, request: Request) -> Response:
         try:
@@ -123,7 +124,7 @@ class PolicyServer(GymServer):
             chat.stream = True
             return await self._stream(request, chat, params)
         try:
-            completion = await unless_disconnected(request, self.engine.chat(chat, session_id=session_id_of(request)))
+            completion = await unless_disconnected(request, self.engine.chat(chat, session_id=self._session(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
         except ClientGone:
@@ -159,7 +160,7 @@ class PolicyServer(GymServer):
                       params: ResponseCreateParams | None) -> Response:
         """SSE of the engine's chunks (as Responses events when `params`); errors before the first chunk are 4xx/5xx."""
         try:
-            chunks = self.engine.chat_stream(chat, session_id=session_id_of(request))
+            chunks = self.engine.chat_stream(chat, session_id=self._session(request))
             first = await unless_disconnected(request, anext(chunks))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
@@ -180,6 +181,11 @@ class PolicyServer(GymServer):
         include_usage = bool((chat.stream_options or {}).get("include_usage"))
         return sse_response(_chat_events(first, chunks, include_usage), named=False, headers=headers)
 
+    def _session(self, request: Request) -> str | None:
+        """The rollout's session for an engine that routes by it (issued here when the client sent none), else
+        None: issuing and signing a session per request is work the other engines never use."""
+        return session_id_of(request) if self.engine.sticky_sessions else None
+
     def _refused(self, body: ChatCompletionRequest) -> JSONResponse | None:
         """A 422 for what the engine cannot do with this request, before it is sent there."""
         if body.n > 1 and not self.engine.supports_n:
@@ -199,15 +205,15 @@ class PolicyServer(GymServer):
         return response
 
 
-async def _serve(request: Request, schema: type[WireModel],
-                 engine_method: Callable[..., Awaitable[WireModel]]) -> JSONResponse:
+async def _serve(request: Request, schema: type[WireModel], engine_method: Callable[..., Awaitable[WireModel]],
+                 session: Callable[[Request], str | None]) -> JSONResponse:
     """Validate the body into `schema`, hand it to the engine, and answer its result or its error."""
     try:
         body = schema.model_validate(loads(await request.body()))
     except (ValidationError, ValueError) as err:
         return _invalid(err)
     try:
-        result = await unless_disconnected(request, engine_method(body, session_id=session_id_of(request)))
+        result = await unless_disconnected(request, engine_method(body, session_id=session(request)))
     except EngineError as err:
         return error_response(err.status, str(err), err.error_type)
     except ClientGone:

@@ -238,3 +238,8 @@ def test_engine_interface_accepts_module_class_names():
     engine = create_engine("servers.policy.engines.scripted:ScriptedEngine", {}, "p")
     assert engine.model_name == "p"
     assert isinstance(ChatCompletionRequest(messages=[{"role": "user", "content": "x"}]), ChatCompletionRequest)
+
+
+def test_sessions_are_issued_only_for_engines_that_route_by_them(scripted):
+    reply = scripted.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 200 and "x-session-id" not in reply.headers and "set-cookie" not in reply.headers

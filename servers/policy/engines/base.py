@@ -69,6 +69,9 @@ class Engine(ABC):
     config_model: ClassVar[type[EngineConfig]] = EngineConfig
     # Whether `chat` answers n > 1 choices; the policy server refuses n > 1 (422) for engines that do not.
     supports_n: ClassVar[bool] = False
+    # Whether the engine uses the rollout's session id (e.g. to keep a rollout on one replica); the policy server
+    # issues and passes sessions only to engines that do.
+    sticky_sessions: ClassVar[bool] = False
 
     def __init__(self, config: EngineConfig, model_name: str) -> None:
         self.config = config
@@ -84,7 +87,7 @@ class Engine(ABC):
 
     @abstractmethod
     async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
-        """One completion for `request`; `session_id` identifies the rollout (for sticky routing or caches)."""
+        """One completion for `request`; `session_id` identifies the rollout (with `sticky_sessions`, else None)."""
 
     async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
         """A legacy completion of a raw prompt (text or token ids), without any chat template."""

@@ -86,6 +86,7 @@ class OpenAIEngine(Engine):
     config: OpenAIEngineConfig
     config_model = OpenAIEngineConfig
     supports_n = True
+    sticky_sessions = True
 
     def __init__(self, config: OpenAIEngineConfig, model_name: str) -> None:
         super().__init__(config, model_name)
