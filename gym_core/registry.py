@@ -17,6 +17,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from gym_core.head_server import add_head_routes
+
 
 class ServerInfo(BaseModel):
     """One running server as the registry knows it."""
@@ -92,6 +94,7 @@ class Registry:
             self._on_shutdown()
             return {"status": "stopping"}
 
+        add_head_routes(app, self)
         return app
 
 
