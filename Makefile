@@ -6,12 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-all demo bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml compat/nemo_gym/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the local CPU build, never the multi-GB CUDA wheels.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[dev]'
+	# the opt-in NeMo Gym compatibility package (import name nemo_gym), so its tests run against the installed form
+	$(BIN)/pip install --quiet -e compat/nemo_gym
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -114,6 +114,7 @@ def launch(
     overrides: Sequence[str] = (),
     *,
     registry_port: int = 0,
+    registry_host: str = "127.0.0.1",
     start_timeout: float = START_TIMEOUT_S,
     stop_grace: float = STOP_GRACE_S,
     echo_logs: bool = True,
@@ -122,7 +123,7 @@ def launch(
     resolved = load_config(config, overrides)
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
-    service = RegistryService(Registry(on_shutdown=stop.set), registry_port)
+    service = RegistryService(Registry(on_shutdown=stop.set), registry_port, registry_host)
     try:
         service.start()
         width = max(len(name) for name in resolved.servers)
