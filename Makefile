@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all demo train-demo bench clean
 
 $(STAMP): pyproject.toml compat/nemo_gym/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
 
+# The fine-tuned tiny model (model/builtin/tiny-sft) on the native engine, answering weather questions.
 demo: $(STAMP)
-	$(BIN)/python -m gym_core.demo examples/quickstart.yaml
+	$(BIN)/python -m gym_core.demo examples/train_tiny/weather.yaml
+
+# GRPO with TRL from builtin:tiny-sft against the same servers; the reward curve goes to runs/train_tiny/.
+train-demo: $(STAMP)
+	$(BIN)/python examples/train_tiny/grpo.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/client.py

@@ -186,6 +186,6 @@ async def run_rollout(url: str, row: dict[str, Any], timeout: float) -> Rollout:
         message = str(result.get("error") or "the agent reported a failure") if isinstance(result, dict) else ""
         return Rollout(task, repeat, None, {"type": kind, "message": message})
     if not is_reward(result.get("reward")):
-        return Rollout(task, repeat, None, {"type": "invalid_response",
-                                            "message": f"/run answered without a numeric `reward`: {str(result)[:300]}"})
+        message = f"/run answered without a numeric `reward`: {str(result)[:300]}"
+        return Rollout(task, repeat, None, {"type": "invalid_response", "message": message})
     return Rollout(task, repeat, result, None, model_versions(result))
