@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: install test test-all demo train-demo bench clean
 
 $(STAMP): pyproject.toml compat/nemo_gym/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "gym-rl needs Python 3.11 or newer; run e.g. make PYTHON=python3.11 $(MAKECMDGOALS)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the local CPU build, never the multi-GB CUDA wheels.

@@ -9,6 +9,12 @@ Each server runs `python -m gym_core.serve` in its own process group, binds a fr
 registers; `launch` returns once every server is registered and answers GET /health. On leaving the
 block (normally, on an exception or on Ctrl-C) every process gets SIGTERM, then SIGKILL after a grace
 period. A server that exits or hangs during start raises LaunchError with its last log lines.
+
+The stack token (`gym_core.auth`) is the config's `auth_token`, else $GYM_AUTH_TOKEN, else drawn at random; it is
+written to a file only the user can read, and `stack.auth.headers()` gives the header a client sends. Each
+server's config reaches it through a pipe on its stdin, never its environment or command line, and the
+environment variables that fed a secret-looking key (`api_key: ${env:OPENAI_API_KEY}`) are left out of the
+servers' environments.
 """
 
 from __future__ import annotations
@@ -29,10 +35,10 @@ from typing import IO
 
 import httpx
 
+from gym_core.auth import AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, StackAuth, new_token, remove_token, write_token
 from gym_core.client import REGISTRY_URL_ENV
 from gym_core.config import GymConfig, load_config
 from gym_core.registry import Registry, RegistryService
-from gym_core.serve import SERVER_NAME_ENV, SERVER_SPEC_ENV
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
@@ -69,6 +75,16 @@ class ServerProcess:
         return "\n".join(f"    {line}" for line in recent)
 
 
+@dataclass(frozen=True)
+class StackEnv:
+    """What every server process of a stack is started with."""
+
+    registry_url: str
+    token_file: Path
+    auth_required: bool
+    environ: dict[str, str] = field(repr=False)  # the launcher's environment minus the secrets it delivers itself
+
+
 @dataclass
 class Stack:
     """A running set of servers and the registry that knows them."""
@@ -77,6 +93,8 @@ class Stack:
     registry_url: str
     servers: dict[str, ServerProcess]
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    auth: StackAuth = field(default_factory=StackAuth)  # the stack token; `auth.headers()` for a client
+    token_file: Path | None = None
 
     def url(self, name: str) -> str:
         """Base URL of the server called `name`."""
@@ -123,27 +141,49 @@ def launch(
     resolved = load_config(config, overrides)
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
-    service = RegistryService(Registry(on_shutdown=stop.set), registry_port, registry_host)
+    auth = StackAuth(_stack_token(resolved), required=resolved.auth == "required")
+    service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port, registry_host)
+    token_file: Path | None = None
     try:
         service.start()
+        token_file = write_token(service.url, auth.token or "")
+        env = StackEnv(service.url, token_file, auth.required, _server_environ(resolved))
         width = max(len(name) for name in resolved.servers)
         for name, spec in resolved.servers.items():
-            processes[name] = _spawn(name, spec.kind, spec.block(), service.url, echo_logs, width)
+            processes[name] = _spawn(name, spec.kind, spec.block(), env, echo_logs, width)
         _wait_until_healthy(processes, service.registry, start_timeout)
-        yield Stack(resolved, service.url, processes, stop)
+        yield Stack(resolved, service.url, processes, stop, auth, token_file)
     finally:
         stop_processes(list(processes.values()), stop_grace)
         service.stop()
+        if token_file is not None:
+            remove_token(token_file)
 
 
-def _spawn(name: str, kind: str, block: dict, registry_url: str, echo: bool, width: int) -> ServerProcess:
-    """Start one `python -m gym_core.serve` in its own process group, with a thread reading its output."""
-    env = {**os.environ, SERVER_NAME_ENV: name, SERVER_SPEC_ENV: json.dumps(block),
-           REGISTRY_URL_ENV: registry_url, "PYTHONUNBUFFERED": "1"}
+def _stack_token(config: GymConfig) -> str:
+    if config.auth_token is not None:
+        return config.auth_token.get_secret_value()
+    return os.environ.get(AUTH_TOKEN_ENV) or new_token()
+
+
+def _server_environ(config: GymConfig) -> dict[str, str]:
+    """The launcher's environment without the secrets servers get another way (their config, the token file)."""
+    dropped = {AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, *config.secret_env_vars}
+    return {key: value for key, value in os.environ.items() if key not in dropped}
+
+
+def _spawn(name: str, kind: str, block: dict, stack: StackEnv, echo: bool, width: int) -> ServerProcess:
+    """Start one `python -m gym_core.serve` in its own process group, its config piped to its stdin."""
+    env = {**stack.environ, REGISTRY_URL_ENV: stack.registry_url, AUTH_TOKEN_FILE_ENV: str(stack.token_file),
+           "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gym_core.serve"], env=env, stdin=subprocess.DEVNULL,
+        [sys.executable, "-m", "gym_core.serve"], env=env, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
     )
+    assert process.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a server that died at import says why in its log
+        with process.stdin:
+            process.stdin.write(json.dumps({"name": name, "spec": block, "auth_required": stack.auth_required}))
     server = ServerProcess(name, kind, process)
     prefix = f"{name:<{width}} | " if echo else None
     server.reader = threading.Thread(target=_read_log, args=(process.stdout, server.log, prefix),
@@ -168,7 +208,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
     """Return once every server registered and answers GET /health; LaunchError if one dies or hangs."""
     deadline = time.monotonic() + timeout
     pending = dict(processes)
-    with httpx.Client(timeout=2.0) as http:
+    with httpx.Client(timeout=2.0, headers=registry.auth.headers(), trust_env=False) as http:
         while pending:
             for name, server in list(pending.items()):
                 code = server.process.poll()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -33,7 +34,8 @@ from typing import Any
 
 import httpx
 
-from gym_core.client import close_client, get_client
+from gym_core.auth import bearer, find_token
+from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, close_client, get_client
 from gym_core.protocol import MODEL_VERSION_HEADER
 from rollout.groups import model_versions
 from rollout.nemo_rl import collect_results
@@ -82,11 +84,16 @@ def weights_payload(model: Any) -> bytes:
             hf_logging.enable_progress_bar()
 
 
-def push_weights(policy_url: str, model: Any, version: str, timeout: float = WEIGHTS_TIMEOUT_S) -> str:
-    """POST the model's weights to the policy server and wait until it serves `version`; returns it."""
+def push_weights(policy_url: str, model: Any, version: str, *, auth_token: str | None = None,
+                 timeout: float = WEIGHTS_TIMEOUT_S) -> str:
+    """POST the model's weights to the policy server and wait until it serves `version`; returns it.
+
+    `POST /v1/weights` is an admin route: it needs the stack token (`Stack.auth.token`, or found as every gym
+    client finds it: $GYM_AUTH_TOKEN, $GYM_AUTH_TOKEN_FILE, the registry's token file)."""
+    headers = {"Content-Type": "application/octet-stream", MODEL_VERSION_HEADER: version,
+               **bearer(auth_token or _stack_token())}
     with httpx.Client(timeout=timeout) as http:
-        reply = http.post(f"{policy_url}/v1/weights", content=weights_payload(model),
-                          headers={"Content-Type": "application/octet-stream", MODEL_VERSION_HEADER: version})
+        reply = http.post(f"{policy_url}/v1/weights", content=weights_payload(model), headers=headers)
         if reply.status_code != 200:
             raise RuntimeError(f"the policy server at {policy_url} refused the weights ({reply.status_code}): "
                                f"{reply.text[:500]}")
@@ -117,16 +124,18 @@ def env_reward(completions: list[Any], env_reward: list[float | None], **kwargs:
 
 
 def make_rollout_func(rows: Sequence[dict[str, Any]], *, agent: str, policy: str, concurrency: int = 64,
-                      timeout: float = DEFAULT_ROLLOUT_TIMEOUT_S, push: bool = True) -> Callable[..., dict[str, Any]]:
+                      timeout: float = DEFAULT_ROLLOUT_TIMEOUT_S, push: bool = True,
+                      auth_token: str | None = None) -> Callable[..., dict[str, Any]]:
     """TRL's `rollout_func(prompts, trainer)`: rollouts of `rows[int(prompt)]` on the agent, pushing the trainer's
-    weights to `policy` (a URL or registered name) before the first rollout of each new global step."""
+    weights to `policy` (a URL or registered name) before the first rollout of each new global step
+    (`auth_token`: the stack token the push needs; found like any gym client finds it when not given)."""
     state: dict[str, Any] = {"pushed_step": None}
 
     def rollout_func(prompts: list[str], trainer: Any) -> dict[str, Any]:
         version = f"step-{trainer.state.global_step}"
         if push and state["pushed_step"] != trainer.state.global_step:
             model = trainer.accelerator.unwrap_model(trainer.model)
-            push_weights(_sync_url(policy), model, version)
+            push_weights(_sync_url(policy), model, version, auth_token=auth_token)
             state["pushed_step"] = trainer.state.global_step
         tasks = [trainer_row(rows, prompt, position, trainer.args) for position, prompt in enumerate(prompts)]
         results = asyncio.run(_collect(agent, tasks, concurrency, timeout))
@@ -172,6 +181,11 @@ def _as_row(result: dict[str, Any] | None, eos: int) -> dict[str, Any]:
         return filler_row(eos)
     versions = model_versions(result)
     return trajectory_row(trajectory, versions[0] if versions else None)
+
+
+def _stack_token() -> str | None:
+    """The stack token of the registry this process talks to, found as every gym client finds it."""
+    return find_token(os.environ.get(REGISTRY_URL_ENV) or DEFAULT_REGISTRY_URL)
 
 
 def _sync_url(server: str) -> str:

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [f"servers.policy.model={args.model}"]
     with launch(HERE / "weather.yaml", overrides, registry_port=0, echo_logs=False) as stack:
         print(stack.table(), flush=True)
-        records = train(args, stack.url("agent"), stack.url("policy"), started)
+        records = train(args, stack, started)
     summary = summarize(records, time.perf_counter() - started, args)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(records, args.out / "reward_curve.png", summary)
@@ -98,7 +98,7 @@ class StepLog(TrainerCallback):
               f"loss {record.get('loss', float('nan')):.4f} elapsed {record['elapsed_s']}s", flush=True)
 
 
-def train(args: argparse.Namespace, agent_url: str, policy_url: str, started: float) -> list[dict[str, Any]]:
+def train(args: argparse.Namespace, stack: Any, started: float) -> list[dict[str, Any]]:
     """GRPO for `args.steps` steps; returns one record per step (also appended to metrics.jsonl as it goes)."""
     import torch
     from trl import GRPOConfig, GRPOTrainer
@@ -108,7 +108,8 @@ def train(args: argparse.Namespace, agent_url: str, policy_url: str, started: fl
     torch.set_num_threads(args.threads)
     rows = tasks(512, seed=args.seed)
     model, tokenizer = load_trl_model(args.model)
-    rollout = make_rollout_func(rows, agent=agent_url, policy=policy_url, timeout=300)
+    rollout = make_rollout_func(rows, agent=stack.url("agent"), policy=stack.url("policy"), timeout=300,
+                                auth_token=stack.auth.token)
     log = StepLog(args.out / "metrics.jsonl", args.steps, started)
 
     def rollout_func(prompts: list[str], trainer: Any) -> dict[str, Any]:

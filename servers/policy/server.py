@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, SecretStr, ValidationError
+from starlette.responses import Response
 
 from gym_core.protocol import (
     MODEL_VERSION_HEADER,
@@ -32,7 +33,10 @@ from gym_core.server import (
     session_id_of,
 )
 from servers.policy.convert import ConversionError, chat_to_response, responses_to_chat
+from servers.policy.disconnect import ClientGone, unless_disconnected
 from servers.policy.engines.base import Engine, EngineError, WeightSource, create_engine
+from servers.policy.responses_stream import response_events
+from servers.policy.sse import sse_response
 
 
 class PolicyConfig(ServerConfig):
@@ -61,6 +65,7 @@ class PolicyServer(GymServer):
         super().__init__(name, config)
         self.engine: Engine = create_engine(self.config.engine, self.config.model_dump(), name)
         self.weights = WeightsInfo(model_version=self.engine.model_version, source=self.config.model)
+        self._created = int(time.time())  # `created` of the served model (the SDK's Model requires it)
 
     async def startup(self) -> None:
         """Start the engine."""
@@ -83,15 +88,22 @@ class PolicyServer(GymServer):
         app.add_api_route("/v1/weights", self._weights_route, methods=["GET"])
         app.add_api_route("/v1/weights", self._update_weights_route, methods=["POST"])
 
-    async def _chat_route(self, request: Request) -> JSONResponse:
+    async def _chat_route(self, request: Request) -> Response:
         try:
             body = ChatCompletionRequest.model_validate(loads(await request.body()))
         except (ValidationError, ValueError) as err:
             return self._versioned(_invalid(err))
+        refused = self._refused(body)
+        if refused is not None:
+            return self._versioned(refused)
+        if body.stream:
+            return await self._stream(request, body, None)
         try:
-            completion = await self.engine.chat(body, session_id=session_id_of(request))
+            completion = await unless_disconnected(request, self.engine.chat(body, session_id=session_id_of(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            return _gone()
         version = self._stamp(completion)
         return self._versioned(JSONResponse(completion), version)
 
@@ -101,24 +113,27 @@ class PolicyServer(GymServer):
     async def _tokenize_route(self, request: Request) -> JSONResponse:
         return self._versioned(await _serve(request, TokenizeRequest, self.engine.tokenize))
 
-    async def _responses_route(self, request: Request) -> JSONResponse:
+    async def _responses_route(self, request: Request) -> Response:
         try:
             params = ResponseCreateParams.model_validate(loads(await request.body()))
-            if (params.model_extra or {}).get("stream"):
-                return self._versioned(error_response(422, "streaming is not supported; send stream: false"))
             chat = responses_to_chat(params)
         except (ValidationError, ValueError) as err:  # ConversionError is a ValueError
             return self._versioned(_invalid(err))
+        if (params.model_extra or {}).get("stream"):
+            chat.stream = True
+            return await self._stream(request, chat, params)
         try:
-            completion = await self.engine.chat(chat, session_id=session_id_of(request))
+            completion = await unless_disconnected(request, self.engine.chat(chat, session_id=session_id_of(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            return _gone()
         version = self._stamp(completion)
         return self._versioned(JSONResponse(chat_to_response(completion, params)), version)
 
     async def _models_route(self, request: Request) -> JSONResponse:
-        models = {"object": "list", "data": [{"id": self.engine.model_name, "object": "model", "owned_by": "gym"}]}
-        return self._versioned(JSONResponse(models))
+        model = {"id": self.engine.model_name, "object": "model", "created": self._created, "owned_by": "gym"}
+        return self._versioned(JSONResponse({"object": "list", "data": [model]}))
 
     async def _weights_route(self, request: Request) -> JSONResponse:
         """The weights being served: version, where they came from, since when."""
@@ -140,6 +155,35 @@ class PolicyServer(GymServer):
                                    updates=self.weights.updates + 1)
         return self._versioned(JSONResponse(self.weights), version)
 
+    async def _stream(self, request: Request, chat: ChatCompletionRequest,
+                      params: ResponseCreateParams | None) -> Response:
+        """SSE of the engine's chunks (as Responses events when `params`); errors before the first chunk are 4xx/5xx."""
+        try:
+            chunks = self.engine.chat_stream(chat, session_id=session_id_of(request))
+            first = await unless_disconnected(request, anext(chunks))
+        except EngineError as err:
+            return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            await chunks.aclose()  # type: ignore[attr-defined]  # engines' chat_stream are async generators
+            return _gone()
+        except StopAsyncIteration:
+            return self._versioned(error_response(502, "the engine ended its stream before the first chunk"))
+        # The first chunk comes once the request is generating, so its version is the one it was admitted under.
+        version = (first.get("metadata") or {}).get("model_version") or self.engine.model_version
+        headers = {MODEL_VERSION_HEADER: version}
+        if params is not None:
+            events = response_events(chunks, first, params, first.get("model") or self.engine.model_name)
+            return sse_response(events, named=True, headers=headers)
+        include_usage = bool((chat.stream_options or {}).get("include_usage"))
+        return sse_response(_chat_events(first, chunks, include_usage), named=False, headers=headers)
+
+    def _refused(self, body: ChatCompletionRequest) -> JSONResponse | None:
+        """A 422 for what the engine cannot do with this request, before it is sent there."""
+        if body.n > 1 and not self.engine.supports_n:
+            return error_response(422, f"the {self.config.engine} engine answers one choice; send n: 1 (engine: "
+                                       "native samples n > 1 sharing one prefill)", "unsupported_parameter")
+        return None
+
     def _stamp(self, completion: ChatCompletionResponse) -> str:
         """The version that produced `completion`, written into its metadata (the engine's, else the current)."""
         metadata = completion.metadata or {}
@@ -160,10 +204,29 @@ async def _serve(request: Request, schema: type[WireModel],
     except (ValidationError, ValueError) as err:
         return _invalid(err)
     try:
-        result = await engine_method(body, session_id=session_id_of(request))
+        result = await unless_disconnected(request, engine_method(body, session_id=session_id_of(request)))
     except EngineError as err:
         return error_response(err.status, str(err), err.error_type)
+    except ClientGone:
+        return _gone()
     return JSONResponse(result)
+
+
+async def _chat_events(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
+                       include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    """The chunks to send: the usage chunk (no choices) only when the client asked with include_usage."""
+    try:
+        yield first
+        async for chunk in chunks:
+            if chunk.get("choices") or include_usage:
+                yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]  # engines' chat_stream are async generators
+
+
+def _gone() -> JSONResponse:
+    # Nobody reads this answer; 499 is what proxies log for a client that closed the connection.
+    return error_response(499, "the client closed the connection; the generation was cancelled", "client_gone")
 
 
 _VERSION_LABEL = re.compile(MODEL_VERSION_PATTERN)

@@ -85,7 +85,7 @@ def native_stack() -> Iterator[Stack]:
 def test_each_rollout_names_the_weights_that_produced_it(native_stack: Stack) -> None:
     rows = list(read_rows(ROOT / "environments" / "weather" / "data" / "example.jsonl", limit=2))
     before = asyncio.run(gather_groups(native_stack.url("agent"), rows, num_repeats=2, concurrency=4, timeout=60))
-    pushed = httpx.post(f"{native_stack.url('policy')}/v1/weights", timeout=60,
+    pushed = httpx.post(f"{native_stack.url('policy')}/v1/weights", timeout=60, headers=native_stack.auth.headers(),
                         json={"path": str(resolve("builtin:tiny")), "version": "step-1"})
     assert pushed.status_code == 200, pushed.text
     after = asyncio.run(gather_groups(native_stack.url("agent"), rows, num_repeats=2, concurrency=4, timeout=60))

@@ -89,7 +89,8 @@ def test_two_grpo_steps_stay_on_policy(stack: Stack, tmp_path: Path) -> None:
 
     rows = tasks(8, seed=1)
     model, tokenizer = load_trl_model(CHECKPOINT)
-    inner = make_rollout_func(rows, agent=stack.url("agent"), policy=stack.url("policy"), timeout=120)
+    inner = make_rollout_func(rows, agent=stack.url("agent"), policy=stack.url("policy"), timeout=120,
+                              auth_token=stack.auth.token)
     prompt = fixed_prompt()
     seen: list[dict[str, Any]] = []
 

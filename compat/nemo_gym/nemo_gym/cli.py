@@ -10,7 +10,8 @@ rh.shutdown()
 `start` parses the global config, translates its server instances (nemo_gym.gym_config) and starts them with
 gym-rl's launcher; the registry is the head server, listening where the config's `head_server` says (NeMo RL
 asks for 0.0.0.0 and a free port, and connects through the node's address). It returns once every server
-answers `GET /health`; the config then holds each server's real host and port.
+answers `GET /health`; the config then holds each server's real host and port. A head bound beyond loopback
+needs the stack token (gym_core/auth.py); this process's ServerClient sends it (server_utils).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from nemo_gym.global_config import (
     server_instances,
 )
 from nemo_gym.gym_config import to_gym_config
+from nemo_gym.server_utils import remember_head_token
 
 __all__ = ["GlobalConfigDictParserConfig", "RunHelper"]
 
@@ -42,6 +44,7 @@ class RunHelper:
     def __init__(self) -> None:
         self._exit: contextlib.ExitStack | None = None
         self._stack: Stack | None = None
+        self._head_port = 0
 
     @property
     def stack(self) -> Stack:
@@ -67,6 +70,8 @@ class RunHelper:
             reset_global_config_dict()
             raise
         self._exit = exit_stack
+        self._head_port = int(urlsplit(self._stack.registry_url).port or 0)
+        remember_head_token(self._head_port, self._stack.auth.token)
         _record_addresses(config, self._stack)
         print(self._stack.table(), flush=True)
 
@@ -85,6 +90,7 @@ class RunHelper:
         """Stop every server and the head server (SIGTERM, then SIGKILL after a grace period)."""
         exit_stack, self._exit, self._stack = self._exit, None, None
         if exit_stack is not None:
+            remember_head_token(self._head_port, None)
             exit_stack.close()
             reset_global_config_dict()
 

@@ -4,6 +4,10 @@
 answers it) and then addresses servers by instance name. Requests go through gym-rl's process-wide async client
 (keep-alive, bounded timeouts); a failed status raises `GymHTTPError`, which carries `.status` (what NeMo RL
 classifies into infrastructure vs data failures) and `.response_content`.
+
+A head server bound beyond loopback (NeMo RL asks for 0.0.0.0) answers only with the stack token. The RunHelper
+of this process records its stack's token by head port (`remember_head_token`), and the client sends it to that
+head; the token never enters the config.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import orjson
 from omegaconf import DictConfig, OmegaConf
 from pydantic import BaseModel, ConfigDict
 
+from gym_core.auth import bearer
 from gym_core.client import get_client
 from nemo_gym.config_types import BaseServerConfig
 from nemo_gym.global_config import DEFAULT_HEAD_SERVER_PORT, HEAD_SERVER_KEY_NAME, get_global_config_dict
@@ -23,6 +28,7 @@ from nemo_gym.global_config import DEFAULT_HEAD_SERVER_PORT, HEAD_SERVER_KEY_NAM
 __all__ = ["DEFAULT_HEAD_SERVER_PORT", "HEAD_SERVER_KEY_NAME", "BaseServerConfig", "GymHTTPError", "ServerClient",
            "get_response_json", "raise_for_status"]
 
+_HEAD_TOKENS: dict[int, str] = {}  # head port -> stack token, for the stacks this process runs
 DEFAULT_REQUEST_TIMEOUT_S = 3600.0  # one /run is a whole episode; NeMo Gym sets none, we never wait forever
 HEAD_TIMEOUT_S = 30.0
 
@@ -63,7 +69,8 @@ class ServerClient(BaseModel):
         """A client knowing every server the head server reports."""
         head = head_server_config or cls.load_head_server_config()
         try:
-            reply = httpx.get(f"{head.url}/global_config_dict_yaml", timeout=HEAD_TIMEOUT_S)
+            reply = httpx.get(f"{head.url}/global_config_dict_yaml", headers=bearer(_HEAD_TOKENS.get(head.port)),
+                              timeout=HEAD_TIMEOUT_S)
             reply.raise_for_status()
         except httpx.HTTPError as exc:
             raise ValueError(f"could not read the global config from the head server at {head.url} ({exc}); "
@@ -99,6 +106,14 @@ class ServerClient(BaseModel):
     async def get(self, server_name: str, url_path: str, **kwargs: Any) -> httpx.Response:
         """GET from a server by name."""
         return await self.request(server_name, url_path, "GET", **kwargs)
+
+
+def remember_head_token(port: int, token: str | None) -> None:
+    """Record (or, with None, forget) the stack token of the head server this process runs on `port`."""
+    if token is None:
+        _HEAD_TOKENS.pop(port, None)
+    else:
+        _HEAD_TOKENS[port] = token
 
 
 async def raise_for_status(response: httpx.Response) -> None:
