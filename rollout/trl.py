@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -41,6 +41,9 @@ from rollout.groups import model_versions
 from rollout.nemo_rl import collect_results
 from rollout.resume import key_of
 from rollout.trajectory import Trajectory, TrajectoryError, to_trajectory
+
+if TYPE_CHECKING:
+    from trl import GRPOTrainer
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ def make_rollout_func(rows: Sequence[dict[str, Any]], *, agent: str, policy: str
     (`auth_token`: the stack token the push needs; found like any gym client finds it when not given)."""
     state: dict[str, Any] = {"pushed_step": None}
 
-    def rollout_func(prompts: list[str], trainer: Any) -> dict[str, Any]:
+    def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         version = f"step-{trainer.state.global_step}"
         if push and state["pushed_step"] != trainer.state.global_step:
             model = trainer.accelerator.unwrap_model(trainer.model)

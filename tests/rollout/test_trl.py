@@ -97,7 +97,7 @@ def test_two_grpo_steps_stay_on_policy(stack: Stack, tmp_path: Path) -> None:
     def rollout_func(prompts: list[str], trainer: Any) -> dict[str, Any]:
         batch = inner(prompts, trainer)  # pushes the trainer's weights first, then rolls out
         served = assert_on_policy(trainer.model, stack.url("policy"), batch, prompt)
-        weights = sum(float(t.double().abs().sum()) for t in trainer.model.parameters())
+        weights = sum(float(t.detach().double().abs().sum()) for t in trainer.model.parameters())
         seen.append({"step": trainer.state.global_step, "served": served, "versions": set(batch["model_version"]),
                      "weights": weights,
                      "prompts": len(prompts), "max_output_tokens": trainer.args.max_completion_length})
