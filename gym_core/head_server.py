@@ -41,12 +41,14 @@ def add_head_routes(app: FastAPI, registry: Registry) -> None:
 
     @app.get("/global_config_dict_yaml")
     async def global_config_dict_yaml(request: Request) -> Response:
+        """The stack as NeMo Gym's global config, YAML inside a JSON string."""
         host, port = _bound_address(request)
         text = yaml.safe_dump(global_config(registry.all(), host, port), sort_keys=False)
         return Response(orjson.dumps(text), media_type="application/json")
 
     @app.get("/server_instances")
     async def server_instances() -> Response:
+        """One NeMo Gym `ServerInstanceDisplayConfig` per registered server."""
         return Response(orjson.dumps(instances(registry.all())), media_type="application/json")
 
 

@@ -135,6 +135,7 @@ def make_rollout_func(rows: Sequence[dict[str, Any]], *, agent: str, policy: str
     state: dict[str, Any] = {"pushed_step": None}
 
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
+        """Push the weights if this step has not, then one rollout per prompt, as TRL's batch."""
         version = f"step-{trainer.state.global_step}"
         if push and state["pushed_step"] != trainer.state.global_step:
             model = trainer.accelerator.unwrap_model(trainer.model)

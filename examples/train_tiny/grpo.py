@@ -113,6 +113,7 @@ def train(args: argparse.Namespace, stack: Any, started: float) -> list[dict[str
     log = StepLog(args.out / "metrics.jsonl", args.steps, started)
 
     def rollout_func(prompts: list[str], trainer: Any) -> dict[str, Any]:
+        """rollout/trl.py's function, its batch also recorded in the step log."""
         batch = rollout(prompts, trainer)
         log.rollouts(trainer.state.global_step + 1, batch)
         return batch

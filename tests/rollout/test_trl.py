@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from transformers import TrainerCallback
 
 from gym_core.launcher import Stack, launch
 from rollout.trl import env_reward, filler_row, load_trl_model, make_rollout_func, task_dataset, trainer_row
@@ -145,3 +146,42 @@ class _FakeTrainer:
         self.args = SimpleNamespace(**args)
         self.state = SimpleNamespace(global_step=0)
         self.processing_class = SimpleNamespace(eos_token_id=2)
+
+
+@pytest.mark.timeout(300)
+def test_trl_trains_on_a_batch_with_filler_rows(tmp_path: Path) -> None:
+    """Real GRPOTrainer, no servers: two failed rollouts (fillers) beside two scored ones; the step runs and the
+    fillers carry no reward (TRL's logged mean is over the scored two only)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tokenizer = load_trl_model("builtin:tiny")
+    eos = tokenizer.eos_token_id
+
+    def rollout_func(prompts: list[str], trainer: Any) -> dict[str, Any]:
+        scored = [{"prompt_ids": [10, 396, 212], "completion_ids": [96, 102, 11], "logprobs": [-1.0] * 3,
+                   "env_mask": [1, 1, 1], "env_reward": reward, "num_turns": 1, "rollout_failed": False,
+                   "model_version": "0"} for reward in (1.0, 0.0)]
+        rows = [filler_row(eos), scored[0], filler_row(eos), scored[1]][:len(prompts)]
+        return {key: [row[key] for row in rows] for key in rows[0]}
+
+    logged: list[dict] = []
+    args = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, max_steps=1, per_device_train_batch_size=4,
+                      num_generations=4, max_completion_length=8, learning_rate=1e-3, beta=0.0, logging_steps=1,
+                      report_to="none", save_strategy="no", bf16=False, dataloader_num_workers=0)
+    trainer = GRPOTrainer(model=model, processing_class=tokenizer, reward_funcs=[env_reward], args=args,
+                          train_dataset=task_dataset([{}] * 4), rollout_func=rollout_func)
+    trainer.add_callback(_Recorder(logged))
+    trainer.train()
+    step = next(entry for entry in logged if "loss" in entry)
+    assert step["rewards/env_reward/mean"] == pytest.approx(0.5)  # (1 + 0) / 2: the fillers are not zeros
+
+
+class _Recorder(TrainerCallback):
+    """Keeps every dict the trainer logs."""
+
+    def __init__(self, logged: list[dict]) -> None:
+        self.logged = logged
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        self.logged.append(dict(logs or {}))

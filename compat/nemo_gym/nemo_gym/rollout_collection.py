@@ -39,6 +39,7 @@ class RolloutCollectionHelper(BaseModel):
         slots = semaphore or asyncio.Semaphore(self.max_concurrency)
 
         async def run(row: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            """POST one row to its agent's /run; the row and the parsed result."""
             async with slots:
                 reply = await client.post(server_name=row[AGENT_REF_KEY_NAME]["name"], url_path="/run", json=row)
                 await raise_for_status(reply)
