@@ -8,7 +8,9 @@
 `run_async_nemo_gym_rollout` (`nemo_rl/experience/rollouts.py` @ 00617d3dcdde6a30f75bbd6d072eceb087e275ea)
 prepares them, and the results are checked with NeMo RL's post-processing rules (rollout/nemo_rl.py). NeMo RL's
 vLLM is played by our native policy server (builtin:tiny) in its own stack: the OpenAI-compatible endpoint
-NeMo RL hands over as `policy_base_url`.
+NeMo RL hands over as `policy_base_url`. The `nemo_gym` API it calls is compat/nemo_gym, written after NeMo Gym's
+`cli.py` @ 007baa3a99fe3276403fbc5ce2dc16c01d6c535c, `rollout_collection.py` @
+00536e7a140e653f2c222c55cd6dea22575a1ba0 and `global_config.py` @ 007582bd1aae77ac4624b16dd7f50bff286036ae.
 """
 
 from __future__ import annotations
