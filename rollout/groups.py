@@ -25,9 +25,9 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gym_core.client import ServerError, get_client
-from gym_core.protocol import is_reward
+from gym_core.client import get_client
 from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S
+from rollout.dispatch import run_one
 
 _DONE = object()
 
@@ -173,19 +173,11 @@ async def _run_and_hand_over(url: str, row: dict[str, Any], group: _PendingGroup
 
 
 async def run_rollout(url: str, row: dict[str, Any], timeout: float) -> Rollout:
-    """POST one stamped row to the agent's /run; every failure becomes a Rollout with a typed error."""
+    """One stamped row on the agent's /run (rollout.dispatch classifies every outcome) as a Rollout."""
+    outcome = await run_one(url, row, timeout)
     task, repeat = row["_ng_task_index"], row["_ng_rollout_index"]
-    try:
-        result = await get_client().post_json(url, "/run", row, timeout=timeout)
-    except ServerError as exc:
-        return Rollout(task, repeat, None, {"type": "http_error", "status": exc.status, "message": str(exc)})
-    except Exception as exc:  # timeouts, refused connections, bad JSON: this rollout's failure
-        return Rollout(task, repeat, None, {"type": type(exc).__name__, "message": str(exc) or repr(exc)})
-    if not isinstance(result, dict) or result.get("_ng_no_persist") or result.get("_ng_failure_class"):
-        kind = str(result.get("_ng_failure_class", "invalid_response")) if isinstance(result, dict) else "invalid"
-        message = str(result.get("error") or "the agent reported a failure") if isinstance(result, dict) else ""
-        return Rollout(task, repeat, None, {"type": kind, "message": message})
-    if not is_reward(result.get("reward")):
-        message = f"/run answered without a numeric `reward`: {str(result)[:300]}"
-        return Rollout(task, repeat, None, {"type": "invalid_response", "message": message})
-    return Rollout(task, repeat, result, None, model_versions(result))
+    if outcome.kind == "success":
+        return Rollout(task, repeat, outcome.row, None, model_versions(outcome.row))
+    error = outcome.row.get("error") or {"type": "kill_shaped", "message": "the agent reported a kill-shaped "
+                                                                          "failure (_ng_no_persist)"}
+    return Rollout(task, repeat, None, error)
