@@ -132,6 +132,7 @@ def launch(
     overrides: Sequence[str] = (),
     *,
     registry_port: int = 0,
+    registry_host: str = "127.0.0.1",
     start_timeout: float = START_TIMEOUT_S,
     stop_grace: float = STOP_GRACE_S,
     echo_logs: bool = True,
@@ -152,7 +153,7 @@ def launch(
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
     auth = StackAuth(stack_token(resolved), required=resolved.auth == "required")
-    service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port)
+    service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port, registry_host)
     token_file: Path | None = None
     try:
         service.start()

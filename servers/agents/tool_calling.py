@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
 from gym_core.limits import truncate_echo
-from gym_core.protocol import ResponseCreateParams, ResponseUsage, TaskRow, dumps, loads
+from gym_core.protocol import MODEL_VERSION_HEADER, ResponseCreateParams, ResponseUsage, TaskRow, dumps, loads
 from gym_core.server import (
     SESSION_HEADER,
     GymServer,
@@ -173,6 +173,7 @@ class ToolCallingAgent(GymServer):
             if not isinstance(produced, list) or not all(isinstance(item, dict) for item in produced):
                 raise EpisodeError(502, "policy_error", f"policy server {self.config.policy!r} returned a "
                                                         "response without an `output` list of items")
+            _stamp_model_version(produced, reply.headers.get(MODEL_VERSION_HEADER))
             outputs.extend(produced)
             _add_usage(usage, last.get("usage"))
             calls = [item for item in produced if item.get("type") == "function_call"]
@@ -279,6 +280,13 @@ def _json_object(reply: httpx.Response, role: str, server: str, path: str) -> di
     if not isinstance(body, dict):
         raise EpisodeError(502, f"{role}_error", f"{role} server {server!r} {path} did not return a JSON object")
     return body
+
+
+def _stamp_model_version(items: list[dict[str, Any]], version: str | None) -> None:
+    """Tag the item that closes a model call (it carries the token ids) with the weights' version that made it."""
+    for item in items:
+        if version is not None and item.get("generation_token_ids") is not None:
+            item["model_version"] = version
 
 
 def _model_error(error_type: str, message: str) -> str:
