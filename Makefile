@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/engine.py --threads 1
 	$(BIN)/python benchmarks/rollout_cpu.py --windows 2
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/policy_upstream.py
+	$(BIN)/python benchmarks/policy_native.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

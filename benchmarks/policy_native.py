@@ -150,20 +150,25 @@ async def measure(concurrency: int, args: argparse.Namespace) -> dict[str, float
                 await run_workers(concurrency, concurrency, http.one)  # warm-up: connections, first steps
                 await run_workers(concurrency, concurrency, direct.one)
                 best = {"direct": 0.0, "server": 0.0}
+                pairs = []  # each window's server / direct: how much the machine's load moved the ratio
                 for _ in range(args.windows):
+                    rate = {}
                     for side, one in (("direct", direct.one), ("server", http.one)):
                         seconds = await run_workers(concurrency, requests, one)
-                        best[side] = max(best[side], requests * args.new_tokens / seconds)
+                        rate[side] = requests * args.new_tokens / seconds
+                        best[side] = max(best[side], rate[side])
+                    pairs.append(rate["server"] / rate["direct"])
                 print(f"concurrency {concurrency}: direct {best['direct']:.0f} tok/s, server {best['server']:.0f} "
-                      f"tok/s ({best['server'] / best['direct']:.0%})", flush=True)
-                return {**best, "warm_up_s": direct.warm_up_s, "requests": requests}
+                      f"tok/s ({best['server'] / best['direct']:.0%}); per window "
+                      + ", ".join(f"{r:.0%}" for r in pairs), flush=True)
+                return {**best, "warm_up_s": direct.warm_up_s, "requests": requests, "pairs": pairs}
             finally:
                 await http.close()
     finally:
         direct.close()
 
 
-def table(rows: dict[int, dict[str, float]], args: argparse.Namespace) -> str:
+def table(rows: dict[int, dict[str, float]], args: argparse.Namespace, load: tuple[float, float]) -> str:
     """The markdown for benchmarks/README.md."""
     import torch
 
@@ -175,18 +180,20 @@ def table(rows: dict[int, dict[str, float]], args: argparse.Namespace) -> str:
              f"`.venv/bin/python benchmarks/policy_native.py{' --compile' if args.compile else ''}"
              f"{' --quick' if args.quick else ''}{concurrency}`."), "",
              (f"builtin:tiny, {args.new_tokens} new tokens per request, `max_batch` = concurrency, best of "
-             f"{args.windows} alternating windows:"), "",
-             "| concurrency | requests per window | engine directly tok/s | policy server tok/s | server / direct |",
-             "|---|---|---|---|---|"]
+             f"{args.windows} alternating windows; load average {load[0]:.1f} before, {load[1]:.1f} after:"), "",
+             "| concurrency | requests per window | engine directly tok/s | policy server tok/s | server / direct "
+             "| each window's server / direct |",
+             "|---|---|---|---|---|---|"]
     for c, row in rows.items():
         lines.append(f"| {c} | {row['requests']:.0f} | {row['direct']:.0f} | {row['server']:.0f} | "
-                     f"{row['server'] / row['direct']:.0%} |")
+                     f"{row['server'] / row['direct']:.0%} | " + ", ".join(f"{r:.0%}" for r in row["pairs"]) + " |")
     if 32 in rows:
         ratio = rows[32]["server"] / rows[32]["direct"]
         lines += ["", (f"Target (>= 80% of the engine's tokens/s at concurrency 32): {ratio:.0%}, "
                       f"{'met' if ratio >= 0.8 else '**missed**'}.")]
     if args.compile:
-        lines += ["", "Warm-up (compiling every attention span at max_batch = concurrency): " + ", ".join(
+        lines += ["", "Warm-up (compiling every attention span at max_batch = concurrency, with inductor's on-disk cache "
+                  "as this machine had it): " + ", ".join(
             f"{row['warm_up_s']:.0f} s at {c}" for c, row in rows.items()) + "."]
     return "\n".join(lines)
 
@@ -224,9 +231,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32, 256])
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--requests-per-slot", type=int, default=4, help="requests per window = this x concurrency")
+    parser.add_argument("--requests-per-slot", type=int, default=8, help="requests per window = this x concurrency")
     parser.add_argument("--min-requests", type=int, default=32)
-    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="both sides with the compiled decode step")
     parser.add_argument("--start-timeout", type=float, default=900, help="seconds for the server to start")
     parser.add_argument("--quick", action="store_true", help="fewer tokens and windows, for a smoke test")
@@ -234,8 +241,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.new_tokens, args.windows, args.requests_per_slot, args.min_requests = 16, 1, 1, 8
+    load_before = os.getloadavg()[0]
     rows = {c: asyncio.run(measure(c, args)) for c in args.concurrency}
-    body = table(rows, args)
+    body = table(rows, args, (load_before, os.getloadavg()[0]))
     print(body)
     if not args.no_write:
         write_section(body, args.compile)

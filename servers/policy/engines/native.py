@@ -77,9 +77,9 @@ class NativeConfig(EngineConfig):
     compile: bool | None = None
     close_timeout: float = Field(10.0, gt=0)  # seconds shutdown waits for the engine's current step
     # The process's GIL switch interval while the engine runs (sys.setswitchinterval; Python's default is 0.005):
-    # how long the engine thread may wait for the event loop's Python between two kernels. At 5 ms the loop's
-    # bursts of request handling stall decode steps; 0.5 ms: +10-25% server tokens/s at concurrency 32
-    # (benchmarks/README.md, "Policy server vs engine"). None leaves Python's setting alone.
+    # at most how long the engine thread waits for the event loop's Python between two kernels. 0.5 ms roughly
+    # halves the engine's GIL waits per decode step at concurrency 32 (benchmarks/README.md, "Policy server vs
+    # engine"). None leaves Python's setting alone.
     gil_switch_interval: float | None = Field(0.0005, gt=0)
 
 
