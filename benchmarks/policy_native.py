@@ -3,8 +3,9 @@
 direct: `AsyncEngine(Engine(builtin:tiny, max_batch=c))` in this process, `c` workers submitting requests back to
 back; each request's prompt ids are rendered beforehand, so this is the engine alone.
 server: the same engine config behind the policy server, started as `gym up` starts it (its own process,
-uvicorn with uvloop and httptools, the servers' GC settings); `c` workers in this process post `/v1/chat/completions` through the framework's client
-(`gym_core.client`), so the server renders, generates, parses and answers with the token fields.
+uvicorn with uvloop and httptools, the servers' GC settings); `c` workers in this process post
+`/v1/chat/completions` through the framework's client (`gym_core.client`), so the server renders, generates,
+parses and answers with the token fields.
 
 Every request is a ~40-token chat prompt, `max_tokens` N with `ignore_eos` and a seed, so each generates exactly
 N tokens. tokens/s = generated tokens / wall time of a window; the two sides alternate, best of `--windows`.
@@ -181,8 +182,8 @@ def table(rows: dict[int, dict[str, float]], args: argparse.Namespace, load: tup
              f"{' --quick' if args.quick else ''}{concurrency}`."), "",
              (f"builtin:tiny, {args.new_tokens} new tokens per request, `max_batch` = concurrency, best of "
              f"{args.windows} alternating windows; load average {load[0]:.1f} before, {load[1]:.1f} after:"), "",
-             "| concurrency | requests per window | engine directly tok/s | policy server tok/s | server / direct "
-             "| each window's server / direct |",
+             ("| concurrency | requests per window | engine directly tok/s | policy server tok/s | server / direct "
+             "| each window's server / direct |"),
              "|---|---|---|---|---|---|"]
     for c, row in rows.items():
         lines.append(f"| {c} | {row['requests']:.0f} | {row['direct']:.0f} | {row['server']:.0f} | "
@@ -192,9 +193,9 @@ def table(rows: dict[int, dict[str, float]], args: argparse.Namespace, load: tup
         lines += ["", (f"Target (>= 80% of the engine's tokens/s at concurrency 32): {ratio:.0%}, "
                       f"{'met' if ratio >= 0.8 else '**missed**'}.")]
     if args.compile:
-        lines += ["", "Warm-up (compiling every attention span at max_batch = concurrency, with inductor's on-disk cache "
-                  "as this machine had it): " + ", ".join(
-            f"{row['warm_up_s']:.0f} s at {c}" for c, row in rows.items()) + "."]
+        lines += ["", "Warm-up (compiling every attention span at max_batch = concurrency, with inductor's on-disk "
+                  "cache as this machine had it): " + ", ".join(
+                      f"{row['warm_up_s']:.0f} s at {c}" for c, row in rows.items()) + "."]
     return "\n".join(lines)
 
 

@@ -4,9 +4,10 @@ Starts `benchmarks/stub_upstream.py` (its own process: one tool call, then an an
 `examples/quickstart.yaml` with `servers.policy.engine=openai` pointed at it, then warms up at each
 concurrency and collects `--rounds` rounds of one measured window per concurrency (alternating, so the machine's
 changing load falls on all alike) with `rollout.collect.collect`, reading every process's CPU time (user + sys,
-/proc/<pid>/stat) before and after each window; the table shows each concurrency's median window. A rollout is seed_session, 2 policy calls (each one
-upstream call), 1 tool call and verify. Targets (issue 6, "Speed"): the policy server at most 1.5 ms of CPU per
-model call at every concurrency; rollouts/s at 1,024 in flight within 10% of 256.
+/proc/<pid>/stat) before and after each window; the table shows each concurrency's median window. A rollout is
+seed_session, 2 policy calls (each one upstream call), 1 tool call and verify. Targets (issue 6, "Speed"): the
+policy server at most 1.5 ms of CPU per model call at every concurrency; rollouts/s at 1,024 in flight within
+10% of 256.
 
     .venv/bin/python benchmarks/policy_upstream.py                      # concurrency 64, 256 and 1024, 3 rounds
     .venv/bin/python benchmarks/policy_upstream.py --concurrency 64 --rollouts 500 --rounds 1   # smoke check
@@ -127,7 +128,8 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, load: tuple[f
         lines.append(f"Rollouts/s at 1,024 over 256 (medians): {ratio:.2f}, each round "
                      + ", ".join(f"{r:.2f}" for r in per_round) + f" (target >= {SCALING_TARGET:.2f}): "
                      + ("met." if ratio >= SCALING_TARGET else "missed."))
-    lines.append(f"({args.rounds} rounds of one window per concurrency, alternating, each of max({args.rollouts}, "
+    rounds = f"{args.rounds} round{'s' if args.rounds != 1 else ''}"
+    lines.append(f"({rounds} of one window per concurrency, alternating, each of max({args.rollouts}, "
                  f"3 x concurrency) rollouts, after a warm-up of max({args.warmup}, concurrency) at each; "
                  f"{os.cpu_count()} cores shared by every process, load average {load[0]:.1f} before and "
                  f"{load[1]:.1f} after; Python {platform.python_version()}.)")

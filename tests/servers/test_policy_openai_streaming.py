@@ -22,11 +22,11 @@ from gym_core.launcher import launch
 
 openai = pytest.importorskip("openai")
 
-from openai.types.chat import ChatCompletionChunk  # noqa: E402  (after the importorskip)
-from openai.types.responses import Response as SdkResponse  # noqa: E402
+from openai.types.chat import ChatCompletionChunk
+from openai.types.responses import Response as SdkResponse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from stub_upstream import start_stub  # noqa: E402
+from stub_upstream import start_stub
 
 HELLO = [{"role": "user", "content": "Say hello to Ada"}]
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]

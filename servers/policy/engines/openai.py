@@ -44,7 +44,7 @@ from servers.policy.engines.vllm_weights import VLLMWeightUpdater, next_version
 T = TypeVar("T")
 
 # How vLLM and OpenAI word "the prompt plus max_tokens exceed the context window".
-_CONTEXT_OVERFLOW = re.compile(r"context length|context window|maximum context|max_tokens.*too large", re.I)
+_CONTEXT_OVERFLOW = re.compile(r"context length|context window|maximum context|max_tokens.*too large", re.IGNORECASE)
 
 
 class OpenAIEngineConfig(EngineConfig):
@@ -77,10 +77,10 @@ class OpenAIEngineConfig(EngineConfig):
 class OpenAIEngine(Engine):
     """Sends each request to one upstream's `/chat/completions` (`/completions`, `/tokenize`) and returns its answer.
 
-    `n` > 1 goes upstream as is (vLLM samples the prompt n times); every choice comes back, each with its own
-    token fields in training mode. `/tokenize` is at the upstream's root, not under `/v1`, as vLLM serves it. With `return_token_ids` the
+    `/tokenize` is at the upstream's root, not under `/v1`, as vLLM serves it. With `return_token_ids` the
     upstream is asked for token ids and log-probs (see `vllm_tokens`); a prompt whose ids it did not return
-    is tokenized by the same upstream.
+    is tokenized by the same upstream. `n` > 1 goes upstream as is (vLLM samples the prompt n times); every
+    choice comes back, each with its own token fields in training mode.
     """
 
     config: OpenAIEngineConfig
