@@ -21,7 +21,7 @@ import httpx
 from pydantic import ValidationError
 
 from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV
-from gym_core.server import GymServer, bind_socket, uvicorn_server
+from gym_core.server import DEFAULT_KEEP_ALIVE_S, GymServer, bind_socket, uvicorn_server
 
 SERVER_NAME_ENV = "GYM_SERVER_NAME"
 SERVER_SPEC_ENV = "GYM_SERVER_SPEC"
@@ -115,7 +115,8 @@ async def run(server: GymServer, registry_url: str) -> None:
     sock = bind_socket("127.0.0.1", 0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     uv = uvicorn_server(server.build_app(), log_level=os.environ.get("GYM_LOG_LEVEL", "info"),
-                        timeout_graceful_shutdown=5)
+                        timeout_graceful_shutdown=5,
+                        timeout_keep_alive=getattr(server.config, "keep_alive_s", DEFAULT_KEEP_ALIVE_S))
 
     def stop(signum: int, frame: Any) -> None:
         uv.should_exit = True

@@ -15,6 +15,7 @@ import hmac
 import inspect
 import logging
 import re
+import select
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -25,10 +26,11 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gym_core.protocol import dumps
 
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SESSION_HEADER = "X-Session-Id"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_KEEP_ALIVE_S = 30.0
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
@@ -58,6 +61,8 @@ class ServerConfig(BaseModel):
     env: str | None = None
     impl: str | None = None
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    # Seconds an idle connection stays open; longer than clients keep theirs (gym_core.client, 15 s).
+    keep_alive_s: float = Field(DEFAULT_KEEP_ALIVE_S, gt=0)
     # Signs the session cookie; only needs to agree between workers of one server, never logged.
     session_secret: str | None = None
 
@@ -446,11 +451,43 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+class StallSafeHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except that an expiring keep-alive never drops a request already received.
+
+    A process stopped longer than its keep-alive (SIGSTOP, swap, a blocked loop) meanwhile receives requests on
+    its idle connections; the kernel holds them. A busy loop is usually stopped while it dispatches socket
+    events, and on resume it finishes those and runs its overdue timers before it polls sockets again: uvicorn's
+    keep-alive timer closed the connections with the requests unread, and closing a socket with unread data
+    makes the kernel answer RST. Every client saw "connection reset by peer" on a request it had sent, which it
+    cannot safely repeat (issue 10, finding 5; docs/reliability.md). Here the timer first looks for pending
+    bytes and, if there are any, waits another period: the next poll reads them.
+    """
+
+    def timeout_keep_alive_handler(self) -> None:
+        """Close the idle connection, unless a request (or the client's close) is waiting to be read."""
+        if not self.transport.is_closing() and _has_pending_input(self.transport):
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+            return
+        super().timeout_keep_alive_handler()
+
+
+def _has_pending_input(transport: asyncio.BaseTransport) -> bool:
+    """Whether the transport's socket has bytes (or an EOF) the loop has not read yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    poller = select.poll()  # not select.select: descriptors past 1024 are common here
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
 def uvicorn_server(app: FastAPI, *, log_level: str = "warning", **overrides: Any) -> uvicorn.Server:
-    """A uvicorn server tuned for us: uvloop + httptools, keep-alive longer than our client's (15 s)."""
+    """A uvicorn server tuned for us: uvloop + httptools (stall-safe keep-alive, longer than our client's 15 s)."""
     options: dict[str, Any] = dict(
-        loop="uvloop", http="httptools", lifespan="on", log_level=log_level,
-        timeout_keep_alive=30, backlog=4096, access_log=False, timeout_graceful_shutdown=10,
+        loop="uvloop", http=StallSafeHttpProtocol, lifespan="on", log_level=log_level,
+        timeout_keep_alive=DEFAULT_KEEP_ALIVE_S, backlog=4096, access_log=False, timeout_graceful_shutdown=10,
         # Servers are called directly (their registered URL), never through a proxy: no X-Forwarded-* to apply.
         proxy_headers=False,
     )
@@ -471,7 +508,8 @@ async def serve_in_background(app: FastAPI, startup_timeout: float = 10.0) -> As
     """Serve `app` on a free loopback port inside the running loop; yields its base URL; always stops it."""
     sock = bind_socket()
     config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", access_log=False, timeout_keep_alive=30, timeout_graceful_shutdown=1
+        app, lifespan="on", log_level="warning", access_log=False, http=StallSafeHttpProtocol,
+        timeout_keep_alive=DEFAULT_KEEP_ALIVE_S, timeout_graceful_shutdown=1,
     )
     server = _InProcessServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
