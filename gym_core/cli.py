@@ -215,8 +215,9 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
     async def run() -> Any:
         os.environ[REGISTRY_URL_ENV] = registry_url  # the process-wide client looks names up here
         try:
-            agent_url = await get_client().url_of(args.agent)
-            return await collect(agent_url, rows, args.output, agent_name=args.agent, num_repeats=args.num_repeats,
+            await get_client().url_of(args.agent)  # fails fast on a name the registry does not know
+            # By name, not URL: a restarted agent registers a new URL, and the client looks it up again.
+            return await collect(args.agent, rows, args.output, agent_name=args.agent, num_repeats=args.num_repeats,
                                  concurrency=args.concurrency, timeout=args.timeout, total=total,
                                  progress=not args.no_progress, resume=args.resume,
                                  max_attempts=args.max_attempts, trajectories=args.trajectories,

@@ -4,7 +4,8 @@
 Rows are read lazily and at most `concurrency` rollouts exist at any time (a semaphore is taken *before*
 each task is created), so memory is bounded by what is in flight, not by the dataset. A rollout that fails
 (HTTP error, timeout, unreachable agent, a body without a reward, or an agent-reported `_ng_failure_class`)
-goes to the `<stem>_failures.jsonl` sidecar with its error; it never becomes a reward of 0. A result the agent
+goes to the `<stem>_failures.jsonl` sidecar with its error and class (rollout/failures.py); it never becomes a
+reward of 0. While an upstream is down, rollouts are held, not failed (rollout/backoff.py). A result the agent
 marks `_ng_no_persist` (kill-shaped: SIGTERM, OOM, actor death) is written nowhere and only counted
 (`not_persisted`), so a later resume runs it again, as in NeMo Gym.
 
@@ -32,8 +33,10 @@ from typing import Any, BinaryIO, Protocol
 import orjson
 from tqdm import tqdm
 
-from gym_core.client import ServerError, get_client
+from gym_core.client import get_client
 from gym_core.protocol import is_reward
+from rollout.backoff import BackoffPolicy, UpstreamGate
+from rollout.failures import failure_record
 from rollout.metrics import aggregate, format_key_metrics, metrics_path
 from rollout.resume import DEFAULT_MAX_ATTEMPTS, ResumeState, iter_jsonl, key_of, load_state, open_for_collection
 from rollout.trajectory import TrajectoryError, to_trajectory
@@ -142,6 +145,7 @@ async def collect(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     trajectories: Path | None = None,
     aggregate_metrics: bool = True,
+    backoff: BackoffPolicy | None = None,
 ) -> CollectionSummary:
     """Run every row `num_repeats` times against the agent at `agent_url`; write results as they complete;
     then (unless `aggregate_metrics` is False) the agent's metrics over the whole output (rollout/metrics.py)."""
@@ -162,7 +166,7 @@ async def collect(
         sink = _Sink(out, failed, bar, traj)
         started = time.perf_counter()
         todo = _expand(rows, num_repeats, agent_name, state, max_attempts, sink)
-        await _dispatch(agent_url, todo, sink, concurrency, timeout)
+        await _dispatch(agent_url, todo, sink, concurrency, timeout, UpstreamGate(backoff))
     metrics = await aggregate(agent_url, output, agent_name, timeout) if aggregate_metrics else None
     return CollectionSummary(sink.count, sink.failures, sink.reward_sum, time.perf_counter() - started,
                              output, sidecar, sink.resumed, state.exhausted(max_attempts), sink.trajectory_errors,
@@ -204,25 +208,25 @@ class MemorySink:
 
 async def collect_in_memory(agent_url: str, rows: Iterable[dict[str, Any]], *, agent_name: str,
                             num_repeats: int = 1, concurrency: int = DEFAULT_CONCURRENCY,
-                            timeout: float = DEFAULT_TIMEOUT_S) -> MemorySink:
+                            timeout: float = DEFAULT_TIMEOUT_S, backoff: BackoffPolicy | None = None) -> MemorySink:
     """`collect` without files or resume: every row `num_repeats` times, results kept in completion order."""
     if num_repeats < 1 or concurrency < 1 or timeout <= 0:
         raise ValueError("num_repeats and concurrency must be >= 1 and timeout > 0")
     sink = MemorySink()
     todo = _expand(rows, num_repeats, agent_name, ResumeState(), 1, sink)
-    await _dispatch(agent_url, todo, sink, concurrency, timeout)
+    await _dispatch(agent_url, todo, sink, concurrency, timeout, UpstreamGate(backoff))
     return sink
 
 
 async def _dispatch(agent_url: str, rows: Iterator[dict[str, Any]], sink: Sink, concurrency: int,
-                    timeout: float) -> None:
+                    timeout: float, gate: UpstreamGate) -> None:
     """At most `concurrency` rollouts in flight; a row is pulled only once a slot is free."""
     slots = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task] = set()
     try:
         for row in rows:
             await slots.acquire()
-            task = asyncio.create_task(_run_one(agent_url, row, timeout, sink))
+            task = asyncio.create_task(_run_one(agent_url, row, timeout, sink, gate))
             running.add(task)
             task.add_done_callback(lambda t: (running.discard(t), slots.release()))
         await asyncio.gather(*running)
@@ -262,17 +266,14 @@ def _expand(rows: Iterable[dict[str, Any]], num_repeats: int, agent_name: str, s
                    "_ng_task_index": task_index, "_ng_rollout_index": repeat, **attempt}
 
 
-async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: Sink) -> None:
-    """One rollout; every failure mode ends in the sidecar with a typed error."""
+async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: Sink, gate: UpstreamGate) -> None:
+    """One rollout (held while an upstream is down); every failure ends in the sidecar with a typed error."""
     stamps = {k: row[k] for k in ("_ng_task_index", "_ng_rollout_index", "agent_ref", "_ng_attempt_index")
               if k in row}
     try:
-        result = await get_client().post_json(agent_url, "/run", row, timeout=timeout)
-    except ServerError as exc:
-        sink.failure({**stamps, "error": {"type": "http_error", "status": exc.status, "message": str(exc)}})
-        return
-    except Exception as exc:  # timeouts, refused connections, bad JSON: all are this rollout's failure
-        sink.failure({**stamps, "error": {"type": type(exc).__name__, "message": str(exc) or repr(exc)}})
+        result = await gate.call(lambda: get_client().post_json(agent_url, "/run", row, timeout=timeout))
+    except Exception as exc:  # error statuses, timeouts, refused connections, bad JSON: this rollout's failure
+        sink.failure({**stamps, **failure_record(exc)})
         return
     reward = result.get("reward") if isinstance(result, dict) else None
     if isinstance(result, dict) and result.get("_ng_no_persist"):

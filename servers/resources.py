@@ -47,8 +47,8 @@ from gym_core.server import (
     session_id_of,
 )
 
-__all__ = ["ResourcesServer", "ResourcesConfig", "Session", "SessionStore", "ToolError", "ToolSpec", "VerifyRequest",
-           "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "tool"]
+__all__ = ["ResourcesServer", "ResourcesConfig", "RowError", "Session", "SessionStore", "ToolError", "ToolSpec",
+           "VerifyRequest", "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "row_fields", "tool"]
 
 # Routes of the base; a tool may not take one of these names.
 RESERVED_NAMES = frozenset({"seed_session", "verify", "aggregate_metrics", "tools", "health", "mcp"})
@@ -56,6 +56,22 @@ RESERVED_NAMES = frozenset({"seed_session", "verify", "aggregate_metrics", "tool
 
 class ToolError(Exception):
     """Raise inside a tool to give the model an error result (HTTP 400) instead of crashing the rollout."""
+
+
+class RowError(ValueError):
+    """Raise in `seed` or `verify` when the task row itself is wrong: a 422 `invalid_row` naming the field,
+    which the agent reports as the row's fault (retrying it cannot help), never as a server failure."""
+
+
+RowFields = typing.TypeVar("RowFields", bound=BaseModel)
+
+
+def row_fields(model: type[RowFields], row: TaskRow) -> RowFields:
+    """The row's environment fields validated into `model`; a missing or mistyped field raises RowError naming it."""
+    try:
+        return model.model_validate(row.extra)
+    except ValidationError as err:
+        raise RowError(f"the task row's fields are invalid: {describe_validation_error(err)}") from None
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -313,7 +329,10 @@ class ResourcesServer(GymServer):
             row = TaskRow.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/seed_session expects a task row: {_brief(err)}")
-        await self.seed(row, self.sessions.reset(session_id_of(request)))
+        try:
+            await self.seed(row, self.sessions.reset(session_id_of(request)))
+        except RowError as err:
+            return error_response(422, f"/seed_session: {err}", "invalid_row")
         return Response(b"{}", media_type="application/json")
 
     async def _verify_route(self, request: Request) -> Response:
@@ -323,7 +342,10 @@ class ResourcesServer(GymServer):
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/verify expects a task row plus `response`: {_brief(err)}")
         session_id = session_id_of(request)
-        result = await self.verify(row, self.sessions.get(session_id))
+        try:
+            result = await self.verify(row, self.sessions.get(session_id))
+        except RowError as err:
+            return error_response(422, f"/verify: {err}", "invalid_row")
         fields = dict(result) if isinstance(result, dict) else {"reward": result}
         reward = fields.get("reward")
         if not is_reward(reward):

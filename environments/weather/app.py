@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+from pydantic import BaseModel, ConfigDict
+
 from gym_core.protocol import VerifyRequest
-from servers.resources import ResourcesServer, Session, ToolError, final_answer, tool
+from servers.resources import ResourcesServer, Session, ToolError, final_answer, row_fields, tool
 
 # A fixed table, so rewards are reproducible: city -> (temperature in °C, condition).
 WEATHER: dict[str, tuple[int, str]] = {
@@ -18,6 +20,15 @@ WEATHER: dict[str, tuple[int, str]] = {
     "Cairo": (35, "clear"),
     "Lima": (19, "foggy"),
 }
+
+
+class WeatherRow(BaseModel):
+    """The fields a weather task row carries besides the conversation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    expected_condition: str
+    expected_temperature_c: int
 
 
 class Weather(ResourcesServer):
@@ -39,10 +50,11 @@ class Weather(ResourcesServer):
 
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """Reward 1 when the final answer names the expected condition and temperature, else 0."""
+        expected = row_fields(WeatherRow, row)
         answer = final_answer(row.response).lower()
-        condition_ok = row.extra["expected_condition"].lower() in answer
+        condition_ok = expected.expected_condition.lower() in answer
         numbers = {int(n) for n in re.findall(r"-?\d+", answer)}
-        temperature_ok = int(row.extra["expected_temperature_c"]) in numbers
+        temperature_ok = expected.expected_temperature_c in numbers
         return {
             "reward": float(condition_ok and temperature_ok),
             "condition_correct": condition_ok,

@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
-from gym_core.protocol import ResponseCreateParams, TaskRow, dumps, loads
+from gym_core.protocol import ErrorBody, ResponseCreateParams, TaskRow, dumps, loads
 from gym_core.server import (
     SESSION_HEADER,
     GymServer,
@@ -41,6 +41,9 @@ from gym_core.server import (
 
 # Statuses of a tool call that are the model's doing; their error body is shown to the model.
 MODEL_VISIBLE_STATUSES = frozenset({400, 404, 413, 422})
+# Statuses with which a server refuses what the task row put in a request (seed, verify, the first model call):
+# the row's fault, answered 422 `invalid_row` so the collector records it as such, not as a server failure.
+ROW_FAULT_STATUSES = frozenset({400, 413, 422})
 
 
 class ToolCallingConfig(ServerConfig):
@@ -129,9 +132,10 @@ class ToolCallingAgent(GymServer):
     async def run(self, row: dict[str, Any], episode: Episode) -> bytes:
         """One whole rollout of a task row; returns the verify response's JSON."""
         resources = self.config.resources
-        await self._call("resources", resources, "/seed_session", row, episode)
+        await self._call("resources", resources, "/seed_session", row, episode, row_fault=True)
         response = await self.loop(row["responses_create_params"], episode)
-        reply = await self._call("resources", resources, "/verify", {**row, "response": response}, episode)
+        reply = await self._call("resources", resources, "/verify", {**row, "response": response}, episode,
+                                 row_fault=True)
         verified = _json_object(reply, "resources", resources, "/verify")
         if not isinstance(verified.get("reward"), (int, float)):
             raise EpisodeError(502, "resources_error", f"resources server {resources!r} /verify returned no "
@@ -148,9 +152,10 @@ class ToolCallingAgent(GymServer):
         outputs: list[dict[str, Any]] = []
         usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
         last: dict[str, Any] = {}
-        for _ in range(self.config.max_steps):
+        for step in range(self.config.max_steps):
+            # The first model call sends only what the row holds: a refusal of it is the row's fault.
             reply = await self._call("policy", self.config.policy, "/v1/responses",
-                                     {**params, "input": history + outputs}, episode)
+                                     {**params, "input": history + outputs}, episode, row_fault=step == 0)
             last = _json_object(reply, "policy", self.config.policy, "/v1/responses")
             produced = last.get("output")
             if not isinstance(produced, list) or not all(isinstance(item, dict) for item in produced):
@@ -185,8 +190,9 @@ class ToolCallingAgent(GymServer):
         return reply.text
 
     async def _call(self, role: str, server: str, path: str, body: Any, episode: Episode,
-                    ok: frozenset[int] = frozenset()) -> httpx.Response:
-        """POST to another server within the episode deadline; failures become `EpisodeError`s."""
+                    ok: frozenset[int] = frozenset(), row_fault: bool = False) -> httpx.Response:
+        """POST to another server within the episode deadline; failures become `EpisodeError`s (with
+        `row_fault`, a refusal in ROW_FAULT_STATUSES is the task row's: 422 `invalid_row`)."""
         remaining = episode.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise _timeout(self.config.episode_timeout_s, role, path)
@@ -201,15 +207,19 @@ class ToolCallingAgent(GymServer):
         if reply.is_success or reply.status_code in ok:
             episode.keep_cookies(role, reply)
             return reply
+        if row_fault and reply.status_code in ROW_FAULT_STATUSES:
+            raise EpisodeError(422, "invalid_row", f"{role} server {server!r} refused the task row on {path} "
+                                                   f"({reply.status_code}): {_error_message(reply)}; fix the row "
+                                                   "(retrying it cannot help)")
         raise EpisodeError(502, f"{role}_error", f"{role} server {server!r} answered {reply.status_code} to "
-                                                 f"{path}: {reply.text[:1000]}")
+                                                 f"{path}: {_error_message(reply)}")
 
     async def _run_route(self, request: Request) -> Response:
         try:
             row = loads(await request.body())
             TaskRow.model_validate(row)  # validate at the edge; the raw row is what travels on
         except (ValidationError, ValueError) as err:
-            return _invalid(err, "/run expects a task row")
+            return _invalid(err, "/run expects a task row", "invalid_row")
         try:
             # A fresh session per rollout: a caller reusing one header or cookie must not merge rollouts.
             return Response(await self.run(row, self.new_episode()), media_type="application/json")
@@ -260,6 +270,15 @@ def _timeout(limit: float, role: str, path: str) -> EpisodeError:
                                                 f"(waiting on the {role} server's {path})")
 
 
-def _invalid(err: Exception, what: str) -> JSONResponse:
+def _error_message(reply: httpx.Response) -> str:
+    """The message of a server's `{"error": {"message"}}` body, else the start of its text."""
+    try:
+        body = ErrorBody.model_validate_json(reply.content)
+    except ValidationError:
+        return reply.text[:1000]
+    return body.error.message[:1000]
+
+
+def _invalid(err: Exception, what: str, error_type: str | None = None) -> JSONResponse:
     detail = describe_validation_error(err) if isinstance(err, ValidationError) else f"body is not JSON ({err})"
-    return error_response(422, f"{what}: {detail}")
+    return error_response(422, f"{what}: {detail}", error_type)
