@@ -139,8 +139,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"registry: {stack.registry_url}   (`gym status`, `gym down` or Ctrl-C to stop)", flush=True)
             dead = stack.wait()
             if dead is not None:
-                print(f"gym up: server '{dead.name}' exited with code {dead.process.returncode}; stopping all. "
-                      f"Its last log lines:\n{dead.tail()}", file=sys.stderr)
+                print(f"gym up: server '{dead.name}' {stack.failure}; stopping all (see `restart:` in "
+                      f"its config block). Its last log lines:\n{dead.tail()}", file=sys.stderr)
                 return 1
             print("gym up: stopping", file=sys.stderr)
     except KeyboardInterrupt:
@@ -154,12 +154,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         with httpx.Client(timeout=3.0, trust_env=False) as http:
             servers = http.get(f"{registry}/servers").raise_for_status().json()
-            rows = [[s["name"], s["kind"], s["url"], str(s["pid"]), _health(http, s["url"])] for s in servers]
+            rows = [[s["name"], s["kind"], s["url"], str(s["pid"]), _health(http, s["url"]), str(s.get("restarts", 0))]
+                    for s in servers]
     except httpx.HTTPError as exc:
         print(f"gym status: no registry answering at {registry} ({type(exc).__name__}); is `gym up` running? "
               f"Pass --registry or set {REGISTRY_URL_ENV}", file=sys.stderr)
         return 1
-    print(format_table(["NAME", "KIND", "URL", "PID", "HEALTH"], rows) if rows else "no servers registered")
+    print(format_table(["NAME", "KIND", "URL", "PID", "HEALTH", "RESTARTS"], rows) if rows else "no servers registered")
     print(f"registry: {registry}")
     return 0
 

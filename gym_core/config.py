@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Kind = Literal["policy", "resources", "agent"]
 KINDS: tuple[str, ...] = ("policy", "resources", "agent")
@@ -46,6 +46,23 @@ class ConfigError(ValueError):
     """A config problem, reported as `file: key: what is wrong` lines."""
 
 
+class RestartPolicy(BaseModel):
+    """When the launcher restarts a server that exited (`restart:` in the server's block; gym_core/supervisor.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # on-failure: a non-zero exit code or a signal (kill -9, OOM); a clean exit (code 0) stops the stack.
+    when: Literal["on-failure", "always", "never"] = "on-failure"
+    max_restarts: int = Field(5, ge=0)  # within window_s; one more exit gives up and stops the stack
+    window_s: float = Field(600.0, gt=0)
+    backoff_s: float = Field(1.0, ge=0)  # before the first restart; doubles with each restart in the window
+    max_backoff_s: float = Field(30.0, ge=0)
+
+    def covers(self, exit_code: int) -> bool:
+        """Whether an exit with this code is one to restart after."""
+        return self.when == "always" or (self.when == "on-failure" and exit_code != 0)
+
+
 class ServerSpec(BaseModel):
     """One server block. Fields beyond these are the server's own settings, passed to it verbatim."""
 
@@ -53,10 +70,11 @@ class ServerSpec(BaseModel):
 
     kind: Kind
     entrypoint: str | None = None  # "module:Class", or "module" holding exactly one GymServer subclass
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)  # the launcher's, not passed to the server
 
     def block(self) -> dict[str, Any]:
         """The resolved config block handed to the server process."""
-        return self.model_dump(exclude_none=True)
+        return self.model_dump(exclude_none=True, exclude={"restart"})
 
 
 class GymConfig(BaseModel):

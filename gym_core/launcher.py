@@ -6,9 +6,11 @@ with launch("examples/quickstart.yaml", overrides=["servers.agent.max_steps=4"],
     stack.servers["agent"].url     # each server's base URL, pid, kind and recent log lines
 ```
 Each server runs `python -m gym_core.serve` in its own process group, binds a free port itself and
-registers; `launch` returns once every server is registered and answers GET /health. On leaving the
-block (normally, on an exception or on Ctrl-C) every process gets SIGTERM, then SIGKILL after a grace
-period. A server that exits or hangs during start raises LaunchError with its last log lines.
+registers; `launch` returns once every server is registered and answers GET /health. From then on a
+server that exits is restarted per its `restart:` policy (gym_core/supervisor.py); `Stack.wait()` returns
+when a stop is requested or a server's policy gives up. On leaving the block (normally, on an exception
+or on Ctrl-C) every process gets SIGTERM, then SIGKILL after a grace period. A server that exits or hangs
+during start raises LaunchError with its last log lines.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gym_core.client import REGISTRY_URL_ENV
 from gym_core.config import GymConfig, load_config
 from gym_core.registry import Registry, RegistryService
 from gym_core.serve import SERVER_NAME_ENV, SERVER_SPEC_ENV
+from gym_core.supervisor import Supervisor
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
@@ -55,6 +58,7 @@ class ServerProcess:
     url: str | None = None
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     reader: threading.Thread | None = None
+    restarts: int = 0  # processes started after the first (the supervisor's doing)
 
     @property
     def pid(self) -> int:
@@ -77,6 +81,9 @@ class Stack:
     registry_url: str
     servers: dict[str, ServerProcess]
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    # The server whose restart policy gave up, and why; `wait()` hands it over once.
+    failed: ServerProcess | None = field(default=None, repr=False)
+    failure: str = ""
 
     def url(self, name: str) -> str:
         """Base URL of the server called `name`."""
@@ -88,13 +95,19 @@ class Stack:
         """Make `wait()` return (what `gym down` does through POST /shutdown on the registry)."""
         self._stop.set()
 
+    def give_up(self, server: ServerProcess, why: str) -> None:
+        """A server is down for good (its restart policy gave up): make `wait()` return it."""
+        self.failed, self.failure = server, why
+        self._stop.set()
+
     def wait(self, poll_s: float = 0.5) -> ServerProcess | None:
-        """Block until a stop is requested (returns None) or a server exits (returns that server)."""
+        """Block until a stop is requested (returns None) or a server is down for good (returns it, once)."""
         while not self._stop.wait(poll_s):
-            for server in self.servers.values():
-                if server.process.poll() is not None:
-                    return server
-        return None
+            pass
+        failed, self.failed = self.failed, None
+        if failed is not None:
+            self._stop.clear()  # handed over; a later wait() blocks until the next stop request
+        return failed
 
     def table(self) -> str:
         """Name, kind, URL and pid of every server, one aligned row each."""
@@ -123,32 +136,47 @@ def launch(
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
     service = RegistryService(Registry(on_shutdown=stop.set), registry_port)
+    supervisor: Supervisor | None = None
     try:
         service.start()
         width = max(len(name) for name in resolved.servers)
         for name, spec in resolved.servers.items():
-            processes[name] = _spawn(name, spec.kind, spec.block(), service.url, echo_logs, width)
+            processes[name] = ServerProcess(name, spec.kind, _spawn(name, spec.block(), service.url))
+            _read_output(processes[name], echo_logs, width)
         _wait_until_healthy(processes, service.registry, start_timeout)
-        yield Stack(resolved, service.url, processes, stop)
+        stack = Stack(resolved, service.url, processes, stop)
+
+        def respawn(server: ServerProcess) -> None:
+            server.process = _spawn(server.name, resolved.servers[server.name].block(), service.url)
+            _read_output(server, echo_logs, width)
+
+        policies = {name: spec.restart for name, spec in resolved.servers.items()}
+        supervisor = Supervisor(processes, policies, service.registry, respawn, stack.give_up, start_timeout)
+        supervisor.start()
+        yield stack
     finally:
+        if supervisor is not None:
+            supervisor.stop()  # first, so nothing is restarted while the stack stops
         stop_processes(list(processes.values()), stop_grace)
         service.stop()
 
 
-def _spawn(name: str, kind: str, block: dict, registry_url: str, echo: bool, width: int) -> ServerProcess:
-    """Start one `python -m gym_core.serve` in its own process group, with a thread reading its output."""
+def _spawn(name: str, block: dict, registry_url: str) -> subprocess.Popen:
+    """Start one `python -m gym_core.serve` in its own process group."""
     env = {**os.environ, SERVER_NAME_ENV: name, SERVER_SPEC_ENV: json.dumps(block),
            REGISTRY_URL_ENV: registry_url, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "gym_core.serve"], env=env, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
     )
-    server = ServerProcess(name, kind, process)
-    prefix = f"{name:<{width}} | " if echo else None
-    server.reader = threading.Thread(target=_read_log, args=(process.stdout, server.log, prefix),
-                                     name=f"log-{name}", daemon=True)
+
+
+def _read_output(server: ServerProcess, echo: bool, width: int) -> None:
+    """A thread keeping the server process's last log lines (a restart's lines join the same tail)."""
+    prefix = f"{server.name:<{width}} | " if echo else None
+    server.reader = threading.Thread(target=_read_log, args=(server.process.stdout, server.log, prefix),
+                                     name=f"log-{server.name}", daemon=True)
     server.reader.start()
-    return server
 
 
 def _read_log(stream: IO[str], tail: collections.deque, prefix: str | None) -> None:

@@ -25,6 +25,7 @@ class ServerInfo(BaseModel):
     kind: str
     url: str
     pid: int
+    restarts: int = 0  # how often the launcher restarted it (kept by the registry, not sent by the server)
 
 
 class Deregistration(BaseModel):
@@ -38,6 +39,7 @@ class Registry:
 
     def __init__(self, on_shutdown: Callable[[], None] | None = None) -> None:
         self._servers: dict[str, ServerInfo] = {}
+        self._restarts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._on_shutdown = on_shutdown
 
@@ -51,6 +53,18 @@ class Registry:
         with self._lock:
             return list(self._servers.values())
 
+    def exited(self, name: str, pid: int) -> None:
+        """The launcher saw process `pid` of `name` exit: drop its entry (unless a newer process registered)."""
+        with self._lock:
+            info = self._servers.get(name)
+            if info is not None and info.pid == pid:
+                del self._servers[name]
+
+    def restarted(self, name: str) -> None:
+        """Count one restart of `name` (GET /servers shows it as `restarts`)."""
+        with self._lock:
+            self._restarts[name] = self._restarts.get(name, 0) + 1
+
     def build_app(self) -> FastAPI:
         """The registry's HTTP routes."""
         app = FastAPI(title="gym registry", docs_url=None, redoc_url=None, openapi_url=None)
@@ -63,7 +77,7 @@ class Registry:
         @app.post("/register")
         async def register(info: ServerInfo) -> dict:
             with self._lock:
-                self._servers[info.name] = info
+                self._servers[info.name] = info.model_copy(update={"restarts": self._restarts.get(info.name, 0)})
             return {}
 
         @app.post("/deregister")

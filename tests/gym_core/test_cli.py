@@ -84,7 +84,8 @@ def test_up_status_down(gym_up: tuple[subprocess.Popen, str], capsys: pytest.Cap
     assert gym(["status", "--registry", registry]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("alpha", "beta"))]
-    assert sorted((r[0], r[1], r[4]) for r in rows) == [("alpha", "resources", "ok"), ("beta", "resources", "ok")]
+    assert sorted((r[0], r[1], r[4], r[5]) for r in rows) == [("alpha", "resources", "ok", "0"),
+                                                               ("beta", "resources", "ok", "0")]
     pids = [int(r[3]) for r in rows]
     assert gym(["down", "--registry", registry]) == 0
     assert process.wait(timeout=30) == 0
