@@ -26,8 +26,6 @@ import httpx
 from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, close_client, get_client
 from gym_core.config import ConfigError
 from gym_core.launcher import LaunchError, format_table, launch
-from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, DataError, collect, count_rows, read_rows
-from rollout.resume import DEFAULT_MAX_ATTEMPTS
 
 REGISTRY_HELP = f"registry URL (default: ${REGISTRY_URL_ENV}, else {DEFAULT_REGISTRY_URL})"
 
@@ -41,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (ConfigError, LaunchError, DataError, OSError) as exc:
+    except (ConfigError, LaunchError, OSError) as exc:
         print(f"gym {args.command}: {exc}", file=sys.stderr)
         return 1
 
@@ -85,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_rollout_parser(commands: Any) -> None:
+    # The kernel reaches the collector only inside its command (rollout/ is not needed to run servers).
+    from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S
+    from rollout.resume import DEFAULT_MAX_ATTEMPTS
+
     rollout = commands.add_parser(
         "rollout", help="collect rollouts from an agent into JSONL",
         description="POST each task row (NeMo Gym JSONL) to the agent's /run and write one JSON line per rollout "
@@ -196,6 +198,16 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     """`gym rollout`: collect rollouts against running servers, or start them with --config."""
+    from rollout.collect import DataError
+
+    try:
+        return _rollout(args)
+    except DataError as exc:
+        print(f"gym rollout: {exc}", file=sys.stderr)
+        return 1
+
+
+def _rollout(args: argparse.Namespace) -> int:
     if args.overrides and not args.config:
         print("gym rollout: overrides need --config", file=sys.stderr)
         return 2
@@ -210,6 +222,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def _collect(args: argparse.Namespace, registry_url: str) -> int:
+    from rollout.collect import collect, count_rows, read_rows
+
     total = count_rows(args.input, args.limit)
     rows = read_rows(args.input, args.limit)
 

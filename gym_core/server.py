@@ -32,7 +32,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gym_core.protocol import dumps
+from gym_core.protocol import ErrorBody, ErrorDetail, dumps
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class JSONResponse(Response):
 def error_response(status: int, message: str, error_type: str | None = None) -> JSONResponse:
     """An `{"error": {"type", "message"}}` response."""
     kind = error_type or _ERROR_TYPES.get(status, "http_error")
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+    return JSONResponse(ErrorBody(error=ErrorDetail(type=kind, message=message)), status_code=status)
 
 
 def session_id_of(request: Request) -> str:
@@ -363,13 +363,15 @@ class GymApp(FastAPI):
     small request's own work (benchmarks/README.md, "Framework CPU per rollout"). Its exceptions go to the
     app's handlers as before; FastAPI's native OpenTelemetry does not see these requests. Everything else
     takes the usual FastAPI path. `fast_edge` is the edge (sessions, size limit) in front of the lane.
+    Middleware is never skipped: an app with middleware beyond the edge (an environment's `app.add_middleware`
+    or `@app.middleware("http")`) has no fast lane, and every request goes through its middleware.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fast_edge: EdgeMiddleware | None = None
         self._fast_lane: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
-        self._fast_lane_of = -1  # how many routes the lane was built from (routes may be added later)
+        self._fast_lane_of = (-1, -1)  # (routes, middleware) the lane was built from (routes may be added later)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.fast_edge is not None and not self.root_path:
@@ -401,9 +403,14 @@ class GymApp(FastAPI):
         return next((self.exception_handlers[c] for c in type(exc).__mro__ if c in self.exception_handlers), None)
 
     def _lane(self) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
-        routes = self.router.routes
-        if self._fast_lane_of != len(routes):
-            self._fast_lane, self._fast_lane_of = _fast_lane(routes), len(routes)
+        routes, middleware = self.router.routes, self.user_middleware
+        if self._fast_lane_of != (len(routes), len(middleware)):
+            extra = [m.cls.__name__ for m in middleware if m.cls is not EdgeMiddleware]  # type: ignore[attr-defined]
+            if extra:
+                log.info("%s: middleware %s added, so every request takes the full FastAPI path (no fast lane)",
+                         self.title, ", ".join(extra))
+            self._fast_lane = {} if extra else _fast_lane(routes)
+            self._fast_lane_of = (len(routes), len(middleware))
         return self._fast_lane
 
 

@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
-from gym_core.protocol import ErrorBody, ResponseCreateParams, TaskRow, dumps, loads
+from gym_core.protocol import ErrorBody, ErrorDetail, ResponseCreateParams, TaskRow, dumps, loads
 from gym_core.server import (
     SESSION_HEADER,
     GymServer,
@@ -262,7 +262,7 @@ def _json_object(reply: httpx.Response, role: str, server: str, path: str) -> di
 
 def _model_error(error_type: str, message: str) -> str:
     """An error result in the same shape the resources server uses, so the model sees one format."""
-    return dumps({"error": {"type": error_type, "message": message}}).decode()
+    return dumps(ErrorBody(error=ErrorDetail(type=error_type, message=message))).decode()
 
 
 def _timeout(limit: float, role: str, path: str) -> EpisodeError:
