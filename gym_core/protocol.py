@@ -178,9 +178,14 @@ class OtherTool(WireModel):
     type: str
 
 
+def _tool_type(value: Any) -> Any:
+    # Anything that is not a tool (null, a number) is tagged "other" and fails validation there: a 422, not a crash.
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
 Tool = Annotated[
     Union[Annotated[FunctionTool, Tag("function")], Annotated[OtherTool, Tag("other")]],
-    Discriminator(lambda v: "function" if (v.get("type") if isinstance(v, dict) else v.type) == "function" else "other"),
+    Discriminator(lambda v: "function" if _tool_type(v) == "function" else "other"),
 ]
 
 

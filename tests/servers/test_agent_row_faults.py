@@ -43,6 +43,7 @@ BAD_TOOL = {"type": "function", "name": "get_weather",
     (with_params(metadata={"extra_body": "[1]"}), "metadata.extra_body must be a JSON object"),
     (with_params(metadata={"extra_body": '{"messages": []}'}), "messages may not be set"),
     ({"responses_create_params": {"input": 5}}, "responses_create_params.input"),
+    (with_params(tools=[None]), "responses_create_params.tools.0"),  # was a 500 (found by tests/fuzz)
 ])
 async def test_a_bad_row_is_a_422_invalid_row_naming_the_field(serve, row, named):
     status, body = await run(await start_stack(serve), row)

@@ -88,3 +88,9 @@ def test_bad_chat_template_kwargs_and_clashing_extra_keys_are_422(policy) -> Non
     assert reply.status_code == 422 and "messages may not be set" in reply.json()["error"]["message"]
     fine = policy.post("/v1/responses", json={"input": "hi", "metadata": {"extra_body": '{"top_k": 3}'}})
     assert fine.status_code == 200
+
+
+def test_a_tool_that_is_not_an_object_is_a_422(policy) -> None:
+    for tools in ([None], [7], ["get_weather"]):  # null was a 500 (AttributeError in the tool discriminator)
+        reply = policy.post("/v1/responses", json={"input": "hi", "tools": tools})
+        assert reply.status_code == 422 and "tools.0" in reply.json()["error"]["message"], reply.text
