@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo bench clean
+.PHONY: install test test-all reliability demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
+
+# The fault, bad-input, fuzz and soak suites in full (about 20 minutes; the soak alone holds load 10 minutes),
+# then docs/reliability.md rewritten from the results. Their short forms run in `make test`.
+reliability: $(STAMP)
+	$(BIN)/python scripts/reliability.py
 
 demo: $(STAMP)
 	$(BIN)/python -m gym_core.demo examples/quickstart.yaml

@@ -22,7 +22,8 @@ import yaml
 from tests.processes import gone
 
 ROOT = Path(__file__).parents[2]
-WEATHER_ROWS = [json.loads(line) for line in (ROOT / "environments/weather/data/example.jsonl").read_text().splitlines()]
+WEATHER_ROWS = [json.loads(line) for line in
+                (ROOT / "environments" / "weather" / "data" / "example.jsonl").read_text().splitlines()]
 
 
 def quickstart(**blocks: dict[str, Any]) -> dict[str, Any]:
@@ -159,16 +160,20 @@ class Outcome:
         return Counter(rows[-1].get("_ng_failure_class") for key, rows in self.failed.items() if key not in self.done)
 
 
+def whole_lines(path: Path) -> list[dict[str, Any]]:
+    """The JSON rows of a JSONL file, without a last line a killed writer left unfinished."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().split(b"\n")[:-1] if line.strip()]
+
+
 def outcome(output: Path) -> Outcome:
     """Read the output and its `_failures` sidecar."""
     done: Counter = Counter()
-    for line in output.read_text().splitlines():
-        row = json.loads(line)
+    for row in whole_lines(output):
         done[(row["_ng_task_index"], row["_ng_rollout_index"])] += 1
     failed: dict[tuple[int, int], list[dict[str, Any]]] = {}
-    sidecar = output.with_name(f"{output.stem}_failures.jsonl")
-    for line in sidecar.read_text().splitlines() if sidecar.exists() else []:
-        row = json.loads(line)
+    for row in whole_lines(output.with_name(f"{output.stem}_failures.jsonl")):
         failed.setdefault((row["_ng_task_index"], row["_ng_rollout_index"]), []).append(row)
     return Outcome(done, failed)
 
