@@ -21,7 +21,8 @@ import httpx
 from pydantic import ValidationError
 
 from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV
-from gym_core.server import DEFAULT_KEEP_ALIVE_S, GymServer, bind_socket, uvicorn_server
+from gym_core.keepalive import DEFAULT_KEEP_ALIVE_S
+from gym_core.server import GymServer, bind_socket, uvicorn_server
 
 SERVER_NAME_ENV = "GYM_SERVER_NAME"
 SERVER_SPEC_ENV = "GYM_SERVER_SPEC"

@@ -15,7 +15,6 @@ import hmac
 import inspect
 import logging
 import re
-import select
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -30,15 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from gym_core.keepalive import DEFAULT_KEEP_ALIVE_S, StallSafeHttpProtocol
 from gym_core.protocol import ErrorBody, ErrorDetail, dumps
 
 log = logging.getLogger(__name__)
 
 SESSION_HEADER = "X-Session-Id"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-DEFAULT_KEEP_ALIVE_S = 30.0
 
 Scope = MutableMapping[str, Any]
 ASGIMessage = MutableMapping[str, Any]
@@ -405,10 +403,7 @@ class GymApp(FastAPI):
     def _lane(self) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
         routes, middleware = self.router.routes, self.user_middleware
         if self._fast_lane_of != (len(routes), len(middleware)):
-            extra = [m.cls.__name__ for m in middleware if m.cls is not EdgeMiddleware]  # type: ignore[attr-defined]
-            if extra:
-                log.info("%s: middleware %s added, so every request takes the full FastAPI path (no fast lane)",
-                         self.title, ", ".join(extra))
+            extra = [m for m in middleware if m.cls is not EdgeMiddleware]  # type: ignore[attr-defined]
             self._fast_lane = {} if extra else _fast_lane(routes)
             self._fast_lane_of = (len(routes), len(middleware))
         return self._fast_lane
@@ -456,38 +451,6 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     sock.listen(4096)
     sock.set_inheritable(True)
     return sock
-
-
-class StallSafeHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, except that an expiring keep-alive never drops a request already received.
-
-    A process stopped longer than its keep-alive (SIGSTOP, swap, a blocked loop) meanwhile receives requests on
-    its idle connections; the kernel holds them. A busy loop is usually stopped while it dispatches socket
-    events, and on resume it finishes those and runs its overdue timers before it polls sockets again: uvicorn's
-    keep-alive timer closed the connections with the requests unread, and closing a socket with unread data
-    makes the kernel answer RST. Every client saw "connection reset by peer" on a request it had sent, which it
-    cannot safely repeat (issue 10, finding 5; docs/reliability.md). Here the timer first looks for pending
-    bytes and, if there are any, waits another period: the next poll reads them.
-    """
-
-    def timeout_keep_alive_handler(self) -> None:
-        """Close the idle connection, unless a request (or the client's close) is waiting to be read."""
-        if not self.transport.is_closing() and _has_pending_input(self.transport):
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
-            return
-        super().timeout_keep_alive_handler()
-
-
-def _has_pending_input(transport: asyncio.BaseTransport) -> bool:
-    """Whether the transport's socket has bytes (or an EOF) the loop has not read yet."""
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return False
-    poller = select.poll()  # not select.select: descriptors past 1024 are common here
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
 
 
 def uvicorn_server(app: FastAPI, *, log_level: str = "warning", **overrides: Any) -> uvicorn.Server:

@@ -35,6 +35,27 @@ SUITES: list[tuple[str, list[str]]] = [
     ("Soak (sustained load, RSS of every process)", ["tests/soak"]),
 ]
 FULL_ENV = {"GYM_FUZZ_EXAMPLES": "500", "GYM_SOAK_S": "600"}
+# What the suites hold the code to (issue 10, findings 4-7); kept here so the document explains its own rows.
+PREFACE = """\
+## What is being checked
+
+- **A stall only delays** (finding 5). The cause of "all 64 rollouts failed with 502 Connection reset after a
+  30 s SIGSTOP": uvicorn's keep-alive timer (30 s). A stopped (or blocked) server receives requests on its idle
+  connections, held by the kernel; on resume the loop finishes the socket events it was dispatching and runs its
+  overdue timers before it polls again, so the keep-alive timer closed those connections with the requests
+  unread, and closing a socket with unread data makes the kernel send RST. A 20 s stall never reached the
+  timer; a 60 s keep-alive made the 32 s stall harmless; `keep_alive_s: 2` made a 5 s stall fail all 64.
+  `gym_core/server.py` `StallSafeHttpProtocol` re-arms the timer when bytes are pending; a stall past the
+  episode deadline ends as a classified `episode_timeout`.
+- **A crash is restarted, and waited for** (finding 6). `gym up` restarts a server that exits, per its
+  `restart:` policy (backoff, limit; `gym status` shows restarts), deregistering the dead one at once;
+  `gym rollout` holds rollouts while an upstream is unreachable (rollout/backoff.py) and spends no attempts.
+- **Bad data is the row's fault** (finding 7): a 422 naming the field, `invalid_row` in the failures sidecar,
+  terminal (not retried on `--resume`).
+- **The loop is not blocked** (finding 4): the scripted policy is linear in the text and answers long
+  conversations in a worker thread.
+- **Fuzz**: no 5xx and no hang on any route of any server kind; **soak**: RSS flat under 1,024 in flight.
+"""
 
 
 @dataclass
@@ -114,6 +135,7 @@ def render(rows: list[Row], full: bool, elapsed_s: float, command: str) -> str:
         f"**{counts['passed']} passed, {counts['failed']} failed, {counts['xfail']} expected failures (fixed in "
         f"another branch of the same issue), {counts['skipped']} skipped.**",
         "",
+        PREFACE,
     ]
     for title, _ in SUITES:
         section = [r for r in rows if r.suite == title]
