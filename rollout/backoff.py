@@ -8,8 +8,9 @@ waiting rollout probes again after a growing pause (1 s, 2 s, ... at most 30 s),
 trickle, not a flood. The first success opens the gate for all. An outage longer than `give_up_after_s`
 ends the waiting: the held rollouts fail with their class and stay resumable (`gym rollout --resume`).
 
-Only an upstream that has answered once in this collection is waited for; one that never did is a wrong
-address or a stack that is not up, reported at once.
+An agent that has never answered in this collection is a wrong address or a stack that is not up: refused
+connections to it fail at once. Once it answered (a result, or an error status of its own), its outages and
+those of the servers behind it are waited for.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gym_core.client import ServerError
 from rollout.failures import is_outage
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,7 @@ class UpstreamGate:
     def __init__(self, policy: BackoffPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy or BackoffPolicy()
         self._clock = clock
-        self._answered = False  # whether any attempt got through: before that, failures are not outages
+        self._answered = False  # whether the agent ever answered: before that, a refused connection is no outage
         self._down_since: float | None = None
         self._gave_up_logged = False
         self._wait_s = self.policy.first_wait_s
@@ -99,6 +101,8 @@ class UpstreamGate:
 
     def _outage(self, exc: Exception) -> bool:
         """Close the gate on an outage of an upstream that answered before; False: `exc` is a plain failure."""
+        if isinstance(exc, ServerError):
+            self._answered = True  # the agent answered (its policy or resources server did not): the address is right
         if not (self._answered and is_outage(exc)):
             return False
         self.held += 1

@@ -55,6 +55,19 @@ async def test_an_upstream_that_never_answered_fails_at_once() -> None:
     assert upstream.refused == 1 and not gate.down
 
 
+async def test_an_agent_reporting_a_server_behind_it_unreachable_is_waited_for_from_the_start() -> None:
+    gate, calls = UpstreamGate(FAST), 0
+
+    async def attempt() -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:  # the agent answers, but its resources server is between two keep-alive connections
+            raise agent_error(502, "resources_unreachable")
+        return "ok"
+
+    assert await asyncio.wait_for(gate.call(attempt), 30) == "ok" and calls == 4 and gate.outages == 1
+
+
 @pytest.mark.parametrize("error", [agent_error(500, "policy_error"), agent_error(422, "invalid_row"),
                                    agent_error(504, "episode_timeout"), CallTimeout("slow", request=REQUEST)])
 async def test_failures_that_are_not_outages_are_raised_without_waiting(error: Exception) -> None:
