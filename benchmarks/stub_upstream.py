@@ -6,7 +6,9 @@ string parameters); then it answers in text with the last tool result. Asked for
 `return_tokens_as_token_ids` (the policy server's training mode), it returns vLLM's token shapes: each
 generated token as "token_id:<int>" with a log-prob, and `prompt_token_ids` when `return_token_ids` is set
 (fake ids: the bytes of the text). `stream: true` answers in SSE chunks, usage in the last one when
-`stream_options.include_usage` is set. `GET /health` and `GET /v1/models` answer too.
+`stream_options.include_usage` is set. `POST /v1/completions` continues any prompt with the same few words (token
+shapes likewise), `POST /tokenize` (at the root, as in vLLM) returns the bytes of the prompt or the messages' JSON,
+and `GET /health` and `GET /v1/models` answer too.
 
     python benchmarks/stub_upstream.py --port 8000 --tool-calls 3
 
@@ -83,6 +85,24 @@ def completion(body: dict[str, Any], tool_calls: int) -> dict[str, Any]:
     return reply
 
 
+def text_completion(body: dict[str, Any]) -> dict[str, Any]:
+    """A legacy completion in vLLM's shape: a fixed continuation (token fields when asked, as for chat)."""
+    generated = b" sunny today."
+    prompt = body.get("prompt")
+    prompt_ids = list(prompt) if isinstance(prompt, list) else list((prompt or "").encode())
+    choice: dict[str, Any] = {"index": 0, "text": generated.decode(), "finish_reason": "stop", "logprobs": None}
+    if body.get("logprobs") is not None:
+        prefix = "token_id:" if body.get("return_tokens_as_token_ids") else ""
+        choice["logprobs"] = {"tokens": [f"{prefix}{b}" for b in generated], "token_logprobs": [-0.5] * len(generated),
+                              "top_logprobs": None, "text_offset": list(range(len(generated)))}
+    if body.get("return_token_ids"):
+        choice["prompt_token_ids"], choice["token_ids"] = prompt_ids, list(generated)
+    return {"id": f"cmpl-{time.monotonic_ns():x}", "object": "text_completion", "created": int(time.time()),
+            "model": body.get("model") or "stub", "choices": [choice],
+            "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": len(generated),
+                      "total_tokens": len(prompt_ids) + len(generated)}}
+
+
 def _chunk(reply: dict[str, Any], delta: dict[str, Any], finish: str | None) -> bytes:
     chunk = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
              "model": reply["model"], "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -120,6 +140,16 @@ def build_app(tool_calls: int) -> web.Application:
             return await _stream(request, body, reply)
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
 
+    async def completions(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(text_completion(orjson.loads(await request.read()))),
+                            content_type="application/json")
+
+    async def tokenize(request: web.Request) -> web.Response:
+        body = orjson.loads(await request.read())
+        text = body["prompt"] if "prompt" in body else orjson.dumps(body.get("messages")).decode()
+        tokens = list(text.encode())
+        return web.json_response({"count": len(tokens), "max_model_len": 1 << 20, "tokens": tokens})
+
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -128,6 +158,8 @@ def build_app(tool_calls: int) -> web.Application:
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/tokenize", tokenize)  # at the root, as vLLM serves it
     app.router.add_get("/health", health)
     app.router.add_get("/v1/models", models)
     return app

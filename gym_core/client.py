@@ -2,7 +2,8 @@
 bounded retries for connection failures only.
 
 Requests go out over one aiohttp connection pool and come back as `httpx.Response` objects, with failures
-raised as httpx exceptions: callers use the httpx API. httpx's own pool slows down badly with thousands of
+raised as httpx exceptions: callers use the httpx API. `stream()` hands back a response whose body is read as
+it arrives (`aiter_bytes`, `aiter_lines`, or `aiter_sse` for server-sent events). httpx's own pool slows down badly with thousands of
 requests in flight, and its request pipeline costs about 2.5x aiohttp's CPU per call even over the
 `httpx-aiohttp` transport (benchmarks/README.md, "Client transport"). Cookies are never stored: one client
 serves many rollouts, so a rollout's session travels explicitly in each call's headers (`X-Session-Id`,
@@ -12,10 +13,12 @@ or a NeMo Gym cookie).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import aiohttp
 import httpx
@@ -23,6 +26,7 @@ import httpx
 from gym_core.protocol import dumps, loads
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REGISTRY_URL_ENV = "GYM_REGISTRY_URL"
 DEFAULT_REGISTRY_URL = "http://127.0.0.1:11000"
@@ -102,21 +106,84 @@ def _request(method: str, url: str) -> httpx.Request:
     return httpx.Request(method, _url(url))
 
 
-def _buffered_response(status: int, headers: Any, body: bytes, request: httpx.Request) -> httpx.Response:
-    """An httpx.Response over a body aiohttp has read whole, in the state `Response.read()` leaves.
+class BufferedResponse(httpx.Response):
+    """An httpx.Response over a body aiohttp has read whole and that needs no decoding.
 
-    `Response(content=...)` re-reads the bytes through httpx's streaming decoders, about two thirds of the
-    cost of wrapping each reply; an unencoded body is its own content, so it is set directly. A compressed
-    one still goes through `read()`, which decodes it.
+    `Response(content=...)` followed by `read()` re-reads the bytes through httpx's streaming decoders, about
+    two thirds of the cost of wrapping each reply; an unencoded body is its own content, so this subclass
+    serves it as such (`content`, `text` and `json()` read `content`).
     """
+
+    def __init__(self, status: int, headers: Any, body: bytes, request: httpx.Request) -> None:
+        super().__init__(status, headers=headers, stream=httpx.ByteStream(body), request=request)
+        self._body = body
+        self.is_stream_consumed = self.is_closed = True  # the state `read()` leaves a response in
+
+    def iter_bytes(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        """The body in chunks of `chunk_size` (whole by default)."""
+        size = max(chunk_size or len(self._body), 1)
+        for start in range(0, len(self._body), size):
+            yield self._body[start:start + size]
+
+    async def aiter_bytes(self, chunk_size: int | None = None) -> AsyncIterator[bytes]:
+        """The body in chunks of `chunk_size` (whole by default)."""
+        for chunk in self.iter_bytes(chunk_size):
+            yield chunk
+
+    @property
+    def content(self) -> bytes:
+        """The body."""
+        return self._body
+
+    def read(self) -> bytes:
+        """The body (already read)."""
+        return self._body
+
+    async def aread(self) -> bytes:
+        """The body (already read)."""
+        return self._body
+
+    @property
+    def num_bytes_downloaded(self) -> int:
+        """The body's size on the wire (it is not encoded)."""
+        return len(self._body)
+
+
+def _buffered_response(status: int, headers: Any, body: bytes, request: httpx.Request) -> httpx.Response:
+    """The response for a body read whole: a compressed one is decoded by httpx's own `read()`."""
+    response = BufferedResponse(status, headers, body, request)
+    if "content-encoding" not in response.headers:
+        return response
     response = httpx.Response(status, headers=headers, stream=httpx.ByteStream(body), request=request)
-    if "content-encoding" in response.headers:
-        response.read()
-    else:
-        response._content = body  # what read() stores, and what `content`, `text` and `json()` read from
-        response._num_bytes_downloaded = len(body)
-        response.is_stream_consumed = response.is_closed = True
+    response.read()
     return response
+
+
+class _ReplyStream(httpx.AsyncByteStream):
+    """An aiohttp reply's body as httpx's async byte stream, with aiohttp's errors as httpx's."""
+
+    def __init__(self, reply: aiohttp.ClientResponse, request: httpx.Request, limit: float) -> None:
+        self._reply = reply
+        self._request = request
+        self._limit = limit
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._reply.content.iter_any():
+                yield chunk
+        except TimeoutError as exc:
+            raise CallTimeout(f"{self._request.method} {self._request.url} did not finish its streamed answer "
+                              f"within {self._limit:g} s; pass a larger timeout= if it is just long",
+                              request=self._request) from exc
+        except aiohttp.ClientError as exc:
+            raise _as_httpx_error(exc, self._request) from exc
+
+    async def aclose(self) -> None:
+        """Drop the connection unless the body was read to its end (so the server sees the client leave)."""
+        if self._reply.content.at_eof():
+            self._reply.release()
+        else:
+            self._reply.close()
 
 
 class ServiceClient:
@@ -158,13 +225,8 @@ class ServiceClient:
     ) -> httpx.Response:
         """POST `json` (dicts, lists or pydantic models, serialized with orjson) to `path` on `server`."""
         body = None if json is None else dumps(json)
-        if not headers:
-            all_headers = _JSON_HEADERS
-        elif any(key.lower() == "content-type" for key in headers):
-            all_headers = headers
-        else:
-            all_headers = {**_JSON_HEADERS, **headers}
-        return await self.request("POST", server, path, content=body, headers=all_headers, timeout=timeout)
+        return await self.request("POST", server, path, content=body, headers=_with_json_type(headers),
+                                  timeout=timeout)
 
     async def get(
         self, server: str, path: str, *, headers: dict[str, str] | None = None, timeout: float | None = None
@@ -186,10 +248,47 @@ class ServiceClient:
     ) -> httpx.Response:
         """Send one request; connection failures are retried with backoff up to `max_tries`, nothing else is."""
         limit = self.timeout if timeout is None else timeout
+
+        async def send(url: str) -> httpx.Response:
+            return await self._send(method, url, content, headers, limit)
+
+        return await self._with_retries(method, server, path, limit, send)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, method: str, server: str, path: str, json: Any = None, *, headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """Send one request and yield its response as soon as the headers arrive; read the body incrementally.
+
+        `timeout` bounds the whole call, body included. Leaving the block early (a `break`, an error, a
+        cancelled task) closes the connection, so the server sees the client go; a body read to its end returns
+        the connection to the pool. Retries are as for `request`.
+        """
+        limit = self.timeout if timeout is None else timeout
+        body = None if json is None else dumps(json)
+        all_headers = _with_json_type(headers) if body is not None else headers
+
+        async def open_reply(url: str) -> tuple[aiohttp.ClientResponse, str]:
+            reply = await self.session.request(method, url, data=body, headers=all_headers,
+                                               timeout=aiohttp.ClientTimeout(total=limit), allow_redirects=False)
+            return reply, url
+
+        reply, url = await self._with_retries(method, server, path, limit, open_reply)
+        request = _request(method, url)
+        stream = _ReplyStream(reply, request, limit)
+        try:
+            yield httpx.Response(reply.status, headers=reply.raw_headers, stream=stream, request=request)
+        finally:
+            await stream.aclose()
+
+    async def _with_retries(self, method: str, server: str, path: str, limit: float,
+                            send: Callable[[str], Awaitable[T]]) -> T:
+        """`send(url)`, retrying connection failures only; aiohttp's errors raised as httpx's."""
         for attempt in range(1, self.max_tries + 1):
             url = await self.url_of(server) + _slash(path)
             try:
-                return await self._send(method, url, content, headers, limit)
+                return await send(url)
             except TimeoutError as exc:
                 raise CallTimeout(
                     f"{method} {url} (server {server!r}) got no response within {limit:g} s; "
@@ -278,6 +377,30 @@ class ServiceClient:
 
 
 _JSON_HEADERS = {"content-type": "application/json"}
+
+
+def _with_json_type(headers: dict[str, str] | None) -> dict[str, str]:
+    """`headers` plus a JSON content type unless they name one."""
+    if not headers:
+        return _JSON_HEADERS
+    if any(key.lower() == "content-type" for key in headers):
+        return headers
+    return {**_JSON_HEADERS, **headers}
+
+
+async def aiter_sse(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data` of each server-sent event in a streamed response (multi-line data joined with newlines)."""
+    data: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:  # a blank line ends an event
+            if data:
+                yield "\n".join(data)
+                data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        # comments (":..."), `event:`, `id:` and `retry:` lines carry nothing the callers here use
+    if data:
+        yield "\n".join(data)
 
 
 def _slash(path: str) -> str:

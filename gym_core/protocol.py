@@ -233,12 +233,39 @@ class TaskRow(WireModel):
 # ---------------------------------------------------------------------------------------------- response
 
 
-class ResponseUsage(WireModel):
-    """Token usage of a Response (summed over the model calls of an episode)."""
+class InputTokensDetails(WireModel):
+    """Where a Response's input tokens came from; counts this project does not keep are truthfully 0."""
 
+    always_dump = ("cached_tokens", "cache_write_tokens")
+    cached_tokens: int = 0  # prompt tokens served from a prefix cache
+    cache_write_tokens: int = 0  # tokens written to an explicit prompt cache (OpenAI's; none here)
+
+
+class OutputTokensDetails(WireModel):
+    """What a Response's output tokens were."""
+
+    always_dump = ("reasoning_tokens",)
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(WireModel):
+    """Token usage of a Response (summed over the model calls of an episode); the SDK requires the details."""
+
+    always_dump = ("input_tokens", "output_tokens", "total_tokens", "input_tokens_details", "output_tokens_details")
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
+    input_tokens_details: InputTokensDetails = Field(default_factory=InputTokensDetails)
+    output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
+
+    def add(self, other: ResponseUsage) -> None:
+        """Add another model call's usage to this one (every count, details included)."""
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.total_tokens += other.total_tokens
+        self.input_tokens_details.cached_tokens += other.input_tokens_details.cached_tokens
+        self.input_tokens_details.cache_write_tokens += other.input_tokens_details.cache_write_tokens
+        self.output_tokens_details.reasoning_tokens += other.output_tokens_details.reasoning_tokens
 
 
 class Response(WireModel):
@@ -312,7 +339,7 @@ class ChatMessage(TokenFields):
 
 
 class ChatCompletionRequest(WireModel):
-    """The chat-completions request subset we serve (n=1); unknown keys (top_k, chat_template_kwargs) pass."""
+    """The chat-completions request; unknown keys (top_k, chat_template_kwargs, ...) pass to the engine."""
 
     messages: list[ChatMessage]
     model: str | None = None
@@ -324,8 +351,32 @@ class ChatCompletionRequest(WireModel):
     max_completion_tokens: int | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
-    n: Literal[1] = 1
-    stream: Literal[False] | None = None
+    n: int = Field(1, ge=1, le=128)  # samples of the prompt (an engine may refuse more than 1)
+    logprobs: bool | None = None  # each generated token's log-prob in the choice's `logprobs.content`
+    top_logprobs: int | None = Field(None, ge=0, le=20)  # and this many most likely alternatives (needs logprobs)
+    stream: bool | None = None
+    stream_options: dict[str, Any] | None = None  # {"include_usage": true}: a last chunk with the usage
+
+
+class TopLogprob(WireModel):
+    """An alternative token at one position (the `openai` SDK's TopLogprob / LogprobTopLogprob)."""
+
+    token: str
+    bytes: list[int] | None = None
+    logprob: float
+
+
+class TokenLogprob(TopLogprob):
+    """A generated token's log-prob and its alternatives (ChatCompletionTokenLogprob, Responses' Logprob)."""
+
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChoiceLogprobs(WireModel):
+    """A chat choice's `logprobs`."""
+
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
 
 
 class ChatChoice(WireModel):
@@ -335,6 +386,7 @@ class ChatChoice(WireModel):
     index: int = 0
     message: ChatMessage
     finish_reason: str | None = "stop"
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatUsage(WireModel):

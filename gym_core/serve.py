@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import json
 import os
@@ -27,6 +28,7 @@ from gym_core.server import GymServer, bind_socket, uvicorn_server
 SERVER_NAME_ENV = "GYM_SERVER_NAME"
 SERVER_SPEC_ENV = "GYM_SERVER_SPEC"
 REGISTER_ATTEMPTS = 5
+GC_YOUNG_THRESHOLD = 50_000
 
 
 class ServeError(RuntimeError):
@@ -165,6 +167,10 @@ def main() -> None:
     if not name or not spec_json:
         sys.exit(f"gym_core.serve is started by the launcher (`gym up`): set {SERVER_NAME_ENV} and {SERVER_SPEC_ENV}")
     registry_url = os.environ.get(REGISTRY_URL_ENV, DEFAULT_REGISTRY_URL)
+    # Thousands of requests in flight keep many young objects alive; collecting them every 700 allocations
+    # (Python's default) promotes and re-scans them, a cost per request that grows with concurrency: -25-35%
+    # CPU per rollout at 1,024 in flight (benchmarks/README.md, "Real-model path").
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     try:
         server = build_server(name, json.loads(spec_json))
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:

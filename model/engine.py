@@ -4,8 +4,8 @@ sampling, thinking-budget enforcement and prefix reuse across turns.
 One `step()` admits waiting requests into free slots (restoring the longest cached prefix of each prompt),
 runs prefill chunks (up to `prefill_chunk` prompt tokens in total; chunks of equal length share a forward
 call) and then one decode step for every sequence whose prompt is done. Sequences join and leave between
-steps. `generate` loops `step` until all requests finish; `AsyncEngine` runs the same loop on a background
-thread for the policy server.
+steps. `generate` loops `step` until all requests finish; `model.async_engine.AsyncEngine` runs the same loop
+on a background thread for the policy server.
 
 Thinking budget (NVIDIA's documented behaviour for Nemotron 3): for a request with `thinking_budget` whose
 prompt ends with the think-start sequence, once `thinking_budget` tokens have been generated without
@@ -16,9 +16,6 @@ the model's log-prob of that token (same convention as sampled ones), so a train
 
 from __future__ import annotations
 
-import asyncio
-import queue
-import threading
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -29,8 +26,9 @@ import torch
 
 from model.prefix_cache import PrefixCache
 from model.sampling import SamplingParams, make_generator, sample
+from model.shared_prefill import SharedPrefills
 
-__all__ = ["AsyncEngine", "Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
+__all__ = ["Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
            "SamplingParams"]
 
 
@@ -44,6 +42,7 @@ class GenerationRequest:
     prompt_token_ids: list[int]
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    prefill_group: str | None = None  # requests with one group key and one prompt share its prefill (n samples)
 
 
 @dataclass
@@ -59,6 +58,7 @@ class GenerationResult:
     num_reasoning_tokens: int | None = None  # tokens before </think>; None unless the prompt opened reasoning
     cached_tokens: int = 0  # prompt tokens restored from the prefix cache instead of prefilled
     weights_version: str = "0"  # the weights when the request was admitted (a later swap may have served its tail)
+    top_logprobs: list[list[tuple[int, float]]] | None = None  # per token, when the params asked for alternatives
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class EngineStats:
     """Counters for tests and benchmarks."""
 
     prefill_tokens: int = 0  # prompt tokens run through the model in prefill chunks
-    cached_tokens: int = 0  # prompt tokens skipped thanks to the prefix cache
+    cached_tokens: int = 0  # prompt tokens skipped thanks to the prefix cache or a sibling's prefill
     decode_tokens: int = 0  # tokens run through the model in decode steps
     steps: int = 0
 
@@ -99,6 +99,7 @@ class _Sequence:
     thinking: bool  # inside reasoning with a budget to enforce
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)  # alternatives per token, when asked
     forcing: list[int] = field(default_factory=list)  # rest of the end-of-reasoning sequence to force
     next_logits: torch.Tensor | None = None  # logits the last token was sampled from
     cached: int = 0
@@ -136,6 +137,7 @@ class Engine:
         self.weights_version = "0"  # a label for the weights being served; swap_weights sets it
         self._waiting: deque[GenerationRequest] = deque()
         self._running: dict[int, _Sequence] = {}
+        self._shared = SharedPrefills()
         self._compiled_decode = None
         if compile:
             # One graph per span bucket; raise dynamo's per-function limit so none falls back to eager.
@@ -155,6 +157,8 @@ class Engine:
             raise ValueError("stop strings need a detokenizer: pass `tokenizer` or `detokenize` to the Engine")
         if request.params.thinking_budget is not None and self.reasoning is None:
             raise ValueError("thinking_budget needs think token ids: pass `tokenizer` or `reasoning` to the Engine")
+        if request.prefill_group is not None:
+            self._shared.added(request.prefill_group)
         self._waiting.append(request)
 
     def has_work(self) -> bool:
@@ -171,10 +175,27 @@ class Engine:
                 done[result.request_id] = result
         return [done[r.request_id] for r in requests]
 
+    def abort(self, request_id: str) -> bool:
+        """Drop one request, waiting or running (its slot is free for the next step); whether it was here."""
+        for i, request in enumerate(self._waiting):
+            if request.request_id == request_id:
+                del self._waiting[i]
+                if request.prefill_group is not None:
+                    self._shared.aborted(request.prefill_group, None)
+                return True
+        for slot, seq in self._running.items():
+            if seq.request.request_id == request_id:
+                del self._running[slot]
+                if seq.request.prefill_group is not None:
+                    self._shared.aborted(seq.request.prefill_group, seq)
+                return True
+        return False
+
     def abort_all(self) -> None:
         """Drop every waiting and running request (their slots become free)."""
         self._waiting.clear()
         self._running.clear()
+        self._shared.clear()
 
     def swap_weights(self, state: dict[str, torch.Tensor], version: str) -> None:
         """Copy every tensor of `state` (as `model.loader.read_weights` builds it) into the model, in place.
@@ -197,6 +218,7 @@ class Engine:
             for name, tensor in state.items():
                 live[name].copy_(tensor)
         self.prefix_cache.clear()
+        self._shared.drop_states()
         self.weights_version = version
 
     @torch.inference_mode()
@@ -212,23 +234,40 @@ class Engine:
 
     # ---- scheduling -------------------------------------------------------------------------------
     def _admit(self) -> None:
-        """Move waiting requests into free slots, restoring the longest cached prefix of each prompt."""
+        """Move waiting requests into free slots, in order; a sample whose sibling is prefilling its prompt waits."""
         free = [s for s in range(self.max_batch) if s not in self._running]
+        if not free or not self._waiting:
+            return
+        held: deque[GenerationRequest] = deque()
         while free and self._waiting:
-            request, slot = self._waiting.popleft(), free.pop(0)
-            prompt = request.prompt_token_ids
-            seq = _Sequence(request, slot, make_generator(request.params.seed, self.device), list(prompt),
-                            thinking=request.params.thinking_budget is not None and self._opens_reasoning(prompt),
-                            weights_version=self.weights_version)
-            snap = self.prefix_cache.longest_prefix(prompt)
-            if snap is None:
-                self.pool.reset(slot)
+            request = self._waiting.popleft()
+            if request.prefill_group is not None and self._shared.must_wait(request.prefill_group):
+                held.append(request)
             else:
-                self.pool.restore(slot, snap.state)
-                seq.pending, seq.cached = list(prompt[len(snap.tokens):]), len(snap.tokens)
-                seq.next_logits = snap.next_logits
-                self.stats.cached_tokens += seq.cached
-            self._running[slot] = seq
+                self._start(request, free.pop(0))
+        held.extend(self._waiting)
+        self._waiting = held
+
+    def _start(self, request: GenerationRequest, slot: int) -> None:
+        """Put a request in a slot, from a sibling's prefilled prompt or the longest cached prefix of its prompt."""
+        prompt = request.prompt_token_ids
+        seq = _Sequence(request, slot, make_generator(request.params.seed, self.device), list(prompt),
+                        thinking=request.params.thinking_budget is not None and self._opens_reasoning(prompt),
+                        weights_version=self.weights_version)
+        shared = self._shared.admit(request.prefill_group, seq) if request.prefill_group is not None else None
+        snap = None if shared is not None else self.prefix_cache.longest_prefix(prompt)
+        if shared is not None:
+            state, seq.next_logits = shared
+            self.pool.restore(slot, state)
+            seq.pending, seq.cached = [], len(prompt)
+        elif snap is not None:
+            self.pool.restore(slot, snap.state)
+            seq.pending, seq.cached = list(prompt[len(snap.tokens):]), len(snap.tokens)
+            seq.next_logits = snap.next_logits
+        else:
+            self.pool.reset(slot)
+        self.stats.cached_tokens += seq.cached
+        self._running[slot] = seq
 
     def _prefill(self) -> list[GenerationResult]:
         """Run prompt chunks, oldest sequence first, until the step's token budget is spent.
@@ -251,6 +290,10 @@ class Engine:
             self.stats.prefill_tokens += ids.numel()
         # Sample the first token of every prompt now complete, whether prefilled or restored whole from the cache.
         firsts = [seq for seq in self._running.values() if not seq.pending and not seq.tokens]
+        for seq in firsts:
+            if seq.request.prefill_group is not None:
+                self._shared.prefilled(seq.request.prefill_group, seq,
+                                       lambda seq=seq: (self.pool.snapshot(seq.slot), seq.next_logits.clone()))
         return self._emit(firsts, torch.stack([seq.next_logits for seq in firsts])) if firsts else []
 
     def _decode(self, seqs: list[_Sequence]) -> list[GenerationResult]:
@@ -291,12 +334,14 @@ class Engine:
     def _emit(self, seqs: list[_Sequence], logits: torch.Tensor) -> list[GenerationResult]:
         """Sample (or force) one token per sequence from its logits row, then retire finished ones."""
         forced = [self._forced_token(s) for s in seqs]
-        tokens, logprobs = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], forced)
+        tokens, logprobs, top = sample(logits, [s.params for s in seqs], [s.generator for s in seqs], forced)
         rows = logits.unbind(0)  # one call instead of a select per row
         finished = []
         for i, seq in enumerate(seqs):
             seq.tokens.append(tokens[i])
             seq.logprobs.append(logprobs[i])
+            if top[i] is not None:
+                seq.top.append(top[i])
             seq.next_logits = rows[i]
             if seq.thinking and tokens[i] == self.reasoning.end:
                 seq.thinking = False
@@ -355,7 +400,7 @@ class Engine:
             request_id=seq.request.request_id, prompt_token_ids=list(seq.request.prompt_token_ids),
             token_ids=seq.tokens, logprobs=seq.logprobs, finish_reason=reason, text=text,
             num_reasoning_tokens=self._reasoning_count(seq), cached_tokens=seq.cached,
-            weights_version=seq.weights_version,
+            weights_version=seq.weights_version, top_logprobs=seq.top if seq.params.top_logprobs else None,
         )
 
     def _reasoning_count(self, seq: _Sequence) -> int | None:
@@ -364,107 +409,3 @@ class Engine:
             return None
         end = self.reasoning.end
         return seq.tokens.index(end) if end in seq.tokens else len(seq.tokens)
-
-
-class AsyncEngine:
-    """Runs an Engine's step loop on a background thread; `await submit(request)` for each request.
-
-    Everything that touches the engine runs on that thread, between steps: new requests, and `call(fn)` for
-    anything else (a weight swap), so a step never sees the engine change under it.
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
-        self._thread.start()
-
-    async def submit(self, request: GenerationRequest) -> GenerationResult:
-        """Queue a request and wait for its result."""
-        if self._closed:
-            raise RuntimeError("AsyncEngine is closed")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._futures[request.request_id] = (loop, future)
-        self._inbox.put(request)
-        return await future
-
-    async def call(self, fn: Callable[[Engine], Any]) -> Any:
-        """Run `fn(engine)` on the engine thread between two steps; its result, or its exception."""
-        if self._closed:
-            raise RuntimeError("AsyncEngine is closed")
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._inbox.put(_Call(fn, loop, future))
-        return await future
-
-    def close(self) -> None:
-        """Stop the loop thread after the current step; pending requests fail."""
-        self._closed = True
-        self._inbox.put(None)
-        self._thread.join()
-
-    def _loop(self) -> None:
-        """Drain the inbox, step while there is work, block when idle."""
-        while not self._closed:
-            block = not self.engine.has_work()
-            try:
-                while True:
-                    item = self._inbox.get(block=block)
-                    block = False
-                    if isinstance(item, _Call):
-                        item.run(self.engine)
-                    elif item is not None:
-                        self._add(item)
-            except queue.Empty:
-                pass
-            if self.engine.has_work():
-                try:
-                    results = self.engine.step()
-                except Exception as exc:  # noqa: BLE001 -- a failed step fails every request in flight, loudly
-                    self._fail_all(exc)
-                    continue
-                for result in results:
-                    self._resolve(result.request_id, result)
-        self._fail_all(RuntimeError("AsyncEngine closed"))
-
-    def _add(self, request: GenerationRequest) -> None:
-        try:
-            self.engine.add_request(request)
-        except ValueError as exc:
-            self._resolve(request.request_id, exc)
-
-    def _resolve(self, request_id: str, outcome: GenerationResult | BaseException) -> None:
-        loop, future = self._futures.pop(request_id, (None, None))
-        if future is None:
-            return
-        _settle(loop, future, outcome)
-
-    def _fail_all(self, exc: BaseException) -> None:
-        self.engine.abort_all()
-        for request_id in list(self._futures):
-            self._resolve(request_id, exc)
-
-
-@dataclass
-class _Call:
-    """A function to run on the engine thread between steps, and where its outcome goes."""
-
-    fn: Callable[[Engine], Any]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future
-
-    def run(self, engine: Engine) -> None:
-        try:
-            outcome = self.fn(engine)
-        except Exception as exc:  # noqa: BLE001 -- handed to the awaiting caller
-            outcome = exc
-        _settle(self.loop, self.future, outcome)
-
-
-def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: Any) -> None:
-    """Set a future's result (or exception) from the engine thread; a future already done stays as it is."""
-    setter = future.set_exception if isinstance(outcome, BaseException) else future.set_result
-    loop.call_soon_threadsafe(lambda: future.done() or setter(outcome))

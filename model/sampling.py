@@ -11,8 +11,11 @@ of the policy, and a truncated log-prob would be 0 for every token a top-k=1 sam
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+
+MAX_TOP_LOGPROBS = 20  # alternatives per token a request may ask for (OpenAI's limit)
 
 
 @dataclass(frozen=True)
@@ -28,10 +31,20 @@ class SamplingParams:
     stop: tuple[str, ...] = ()  # stop strings; the finished text ends before the first match
     thinking_budget: int | None = None  # reasoning tokens before the engine starts closing </think>
     thinking_grace: int = 500  # after the budget, wait this long for a newline, then force the end
+    top_logprobs: int = 0  # also report this many most likely tokens (and their log-probs) at each position
 
     def __post_init__(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_tokens < 1:
+        if (self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.max_tokens < 1
+                or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS):
             raise ValueError(f"invalid sampling params: {self}")
+
+
+class Sampled(NamedTuple):
+    """One step's choice per row: the token, its log-prob, and (rows that asked) the top alternatives."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    top: list[list[tuple[int, float]] | None]  # (token id, log-prob), most likely first; None: not asked
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -61,11 +74,12 @@ def sample(
     params: list[SamplingParams],
     generators: list[torch.Generator],
     forced: list[int | None] | None = None,
-) -> tuple[list[int], list[float]]:
-    """Sample one token per row of `logits` (B, V); return the tokens and their log-probs (see module doc).
+) -> Sampled:
+    """Sample one token per row of `logits` (B, V): the tokens, their log-probs (see module doc), alternatives.
 
     A row whose `forced` entry is a token id takes that token (thinking-budget enforcement) and reports its
-    log-prob under the same convention; it draws no noise.
+    log-prob under the same convention; it draws no noise. Rows with `top_logprobs` also get that many most
+    likely tokens under the same distribution.
     """
     logits = logits.float()
     device = logits.device
@@ -91,4 +105,15 @@ def sample(
         if token is not None:
             tokens[i] = token
     chosen = logprobs.gather(-1, tokens[:, None])[:, 0]
-    return tokens.tolist(), chosen.tolist()
+    return Sampled(tokens.tolist(), chosen.tolist(), _top(logprobs, [p.top_logprobs for p in params]))
+
+
+def _top(logprobs: torch.Tensor, wanted: list[int]) -> list[list[tuple[int, float]] | None]:
+    """Each row's `wanted` most likely (token, log-prob) pairs; one topk call for all the rows that ask."""
+    rows = [i for i, k in enumerate(wanted) if k > 0]
+    out: list[list[tuple[int, float]] | None] = [None] * len(wanted)
+    if rows:
+        values, ids = logprobs[rows].topk(max(wanted[i] for i in rows), dim=-1)
+        for i, row_ids, row_values in zip(rows, ids.tolist(), values.tolist(), strict=True):
+            out[i] = list(zip(row_ids[:wanted[i]], row_values[:wanted[i]], strict=True))
+    return out

@@ -8,6 +8,8 @@
     python scripts/device_check.py serve-standin --model DIR --port P --served-name NAME
         # our native policy server on a port: the stand-in for `vllm serve` in the dry run
     python scripts/device_check.py standin --out-dir DIR            # build + stand-in + compare + rollouts, in one
+    python scripts/device_check.py managed-vllm --model DIR [--weight-transfer disk]
+        # engine: vllm: the policy server starts vLLM on DIR itself; rollouts through it, a weight update
 
 `compare` asks an OpenAI-compatible upstream (vLLM, or our policy server) for greedy continuations of a few
 token-id prompts with the sampled tokens' log-probs, and checks them against our model on the same weights:
@@ -306,6 +308,56 @@ def run_rollouts(base_url: str, served_name: str, num_tasks: int, work: Path) ->
             "ok": summary.failures == 0 and summary.count == num_tasks and calls >= num_tasks and not problems}
 
 
+# ---- engine: vllm (the policy server starts vLLM itself) ---------------------------------------------
+def cmd_managed_vllm(args: argparse.Namespace) -> None:
+    """`engine: vllm` on the checkpoint: start through `gym up`'s launcher, rollouts, optionally a weight update."""
+    import asyncio
+
+    import httpx
+
+    from gym_core.client import close_client
+    from gym_core.launcher import LaunchError, launch
+    from rollout.collect import collect, read_rows
+
+    extra = ["--dtype", "bfloat16", "--gpu-memory-utilization", "0.3", "--enforce-eager"]
+    overrides = ["servers.policy.engine=vllm", f"servers.policy.model={args.model}",
+                 f"servers.policy.reasoning_parser={args.reasoning_parser}", "servers.policy.max_model_len=4096",
+                 f"servers.policy.start_timeout_s={args.health_s}", f"servers.policy.extra_args={json.dumps(extra)}",
+                 "servers.policy.return_token_ids=true", "servers.policy.extra_body={max_tokens: 48}",
+                 "servers.agent.max_steps=3"]
+    if args.weight_transfer:
+        overrides.append(f"servers.policy.weight_transfer={args.weight_transfer}")
+    output = args.work / "managed.jsonl"
+    result: dict[str, Any] = {"overrides": overrides}
+
+    async def go(url: str) -> Any:
+        try:
+            return await collect(url, read_rows(ROOT / "environments/weather/data/example.jsonl", limit=args.num_tasks),
+                                 output, agent_name="agent", concurrency=8, timeout=120, progress=False)
+        finally:
+            await close_client()
+
+    started = time.monotonic()
+    try:
+        with launch(ROOT / "examples" / "quickstart.yaml", overrides, registry_port=0, echo_logs=False,
+                    start_timeout=args.health_s + 30) as stack:
+            result["start_s"] = round(time.monotonic() - started, 1)
+            summary = asyncio.run(go(stack.url("agent")))
+            result.update(rollouts=summary.count, failures=summary.failures)
+            if args.weight_transfer:
+                reply = httpx.post(stack.url("policy") + "/v1/weights", json={"path": str(args.model),
+                                                                               "version": "dc-1"}, timeout=300)
+                result["weights"] = {"status": reply.status_code, "body": reply.text[:500],
+                                     "x_model_version": reply.headers.get("x-model-version")}
+            result["vllm_log_tail"] = [line for line in stack.servers["policy"].log if "[vllm]" in line][-10:]
+    except LaunchError as exc:
+        result["error"] = str(exc)[-3000:]
+    weights_ok = not args.weight_transfer or result.get("weights", {}).get("x_model_version") == "dc-1"
+    result["ok"] = result.get("failures") == 0 and result.get("rollouts") == args.num_tasks and weights_ok
+    emit(result, args.out)
+    sys.exit(0 if result["ok"] else 1)
+
+
 # ---- stand-in upstream: our own policy server ------------------------------------------------------
 def cmd_standin(args: argparse.Namespace) -> None:
     """compare + rollouts with our native policy server (on a freshly built checkpoint) as the upstream."""
@@ -373,6 +425,15 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()))
     p.add_argument("--out", type=Path)
     p.set_defaults(fn=cmd_rollouts)
+    p = sub.add_parser("managed-vllm")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--reasoning-parser", default="nemotron_v3")
+    p.add_argument("--health-s", type=float, default=180)
+    p.add_argument("--weight-transfer", help="a weight-transfer backend (disk) to check POST /v1/weights with")
+    p.add_argument("--num-tasks", type=int, default=4)
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()))
+    p.add_argument("--out", type=Path)
+    p.set_defaults(fn=cmd_managed_vllm)
     p = sub.add_parser("standin")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--max-tokens", type=int, default=12)

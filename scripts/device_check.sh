@@ -47,12 +47,16 @@ START=$(date +%s)
 BUDGET_S="${DEVICE_CHECK_BUDGET_S:-520}"  # the vLLM section starts only if enough of this is left
 export PYTHONUNBUFFERED=1
 
-cleanup() {
+stop_server() {  # the upstream started below: its process group, TERM then KILL after 10 s
     if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
         kill -TERM -- "-$SERVER_PID" 2>/dev/null || kill -TERM "$SERVER_PID" 2>/dev/null
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 1; done
         kill -KILL -- "-$SERVER_PID" 2>/dev/null || kill -KILL "$SERVER_PID" 2>/dev/null
     fi
+    SERVER_PID=""
+}
+cleanup() {
+    stop_server
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -233,6 +237,23 @@ except Exception:
         else
             skip rollouts "the server stack (fastapi, pydantic, ...) is not importable"
         fi
+    fi
+    # engine: vllm -- the policy server starts vLLM itself (the flags of nemotron_h.md 5.3) through gym up's
+    # launcher, rollouts go through it, and with DEVICE_CHECK_WEIGHT_TRANSFER=disk a POST /v1/weights reloads
+    # the checkpoint through vLLM's weight transfer. Needs a free GPU share: the vLLM above is stopped first.
+    LEFT=$((BUDGET_S - ($(date +%s) - START)))
+    if [[ $UPSTREAM != vllm ]]; then
+        skip managed-vllm "needs vLLM itself (engine: vllm runs \`vllm serve\`)"
+    elif [[ $HAVE_STACK != 1 ]]; then
+        skip managed-vllm "the server stack (fastapi, pydantic, ...) is not importable"
+    elif [[ $LEFT -lt 150 ]]; then
+        skip managed-vllm "only ${LEFT}s of the ${BUDGET_S}s budget left"
+    else
+        stop_server
+        MHEALTH=$((LEFT - 60 < 230 ? LEFT - 60 : 230))
+        step managed-vllm $((MHEALTH + 50)) "$VPY" scripts/device_check.py managed-vllm --model "$MODEL_DIR" \
+            --reasoning-parser "$PARSER" --health-s "$MHEALTH" --work "$WORK" \
+            ${DEVICE_CHECK_WEIGHT_TRANSFER:+--weight-transfer "$DEVICE_CHECK_WEIGHT_TRANSFER"}
     fi
 fi
 

@@ -12,23 +12,26 @@ from typing import Any
 
 from servers.resources import aggregate_metrics
 
-__all__ = ["MAX_SCAN_CHARS", "answer_metrics", "answer_region", "last_boxed", "majority_at_k"]
+__all__ = ["MAX_SCAN_CHARS", "answer_metrics", "answer_region", "last_boxed", "majority_at_k", "strip_reasoning"]
 
 # A final answer sits at the end of the output; only this many trailing characters are scanned.
 MAX_SCAN_CHARS = 8_000
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 
 
-def answer_region(text: str) -> str:
-    """The part of a model's text that may hold its answer: after any reasoning, at most MAX_SCAN_CHARS."""
+def strip_reasoning(text: str) -> str:
+    """The text after any `<think>...</think>` reasoning ("" when the reasoning never finished)."""
     if not isinstance(text, str):
         return ""
     _, closed, tail = text.rpartition("</think>")
     if closed:
-        text = tail
-    elif "<think>" in text:  # reasoning that never finished: no answer was given
-        return ""
-    return text.rstrip()[-MAX_SCAN_CHARS:]
+        return tail
+    return "" if "<think>" in text else text
+
+
+def answer_region(text: str) -> str:
+    """The part of a model's text that may hold its answer: after any reasoning, at most MAX_SCAN_CHARS."""
+    return strip_reasoning(text).rstrip()[-MAX_SCAN_CHARS:]
 
 
 def last_boxed(text: str) -> str | None:

@@ -172,7 +172,12 @@ def tool_spec(method: Callable, name: str) -> ToolSpec:
     parameters = _strip_titles(model.model_json_schema())
     for pname, doc in param_docs.items():
         parameters.get("properties", {}).get(pname, {}).setdefault("description", doc)
-    schema = {"type": "function", "name": name, "description": description, "parameters": parameters}
+    # `strict` is required by the Responses API's function tool (and NeMo Gym's models); it is true only where
+    # the schema meets strict mode's rules: no extra keys, every parameter required.
+    strict = parameters.get("additionalProperties") is False and \
+        set(parameters.get("required", [])) == set(parameters.get("properties", {}))
+    schema = {"type": "function", "name": name, "description": description, "parameters": parameters,
+              "strict": strict}
     return ToolSpec(name, method.__name__, model, schema, any(p.name == "session" for p in params))
 
 

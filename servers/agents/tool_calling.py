@@ -29,7 +29,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
-from gym_core.protocol import ErrorBody, ErrorDetail, ResponseCreateParams, TaskRow, dumps, loads
+from gym_core.protocol import ErrorBody, ErrorDetail, ResponseCreateParams, ResponseUsage, TaskRow, dumps, loads
 from gym_core.server import (
     SESSION_HEADER,
     GymServer,
@@ -150,7 +150,7 @@ class ToolCallingAgent(GymServer):
         history = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items)
         offered = {t.get("name") for t in params.get("tools") or [] if t.get("type", "function") == "function"}
         outputs: list[dict[str, Any]] = []
-        usage = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+        usage = ResponseUsage()
         last: dict[str, Any] = {}
         for step in range(self.config.max_steps):
             # The first model call sends only what the row holds: a refusal of it is the row's fault.
@@ -162,13 +162,13 @@ class ToolCallingAgent(GymServer):
                 raise EpisodeError(502, "policy_error", f"policy server {self.config.policy!r} returned a "
                                                         "response without an `output` list of items")
             outputs.extend(produced)
-            for key, value in (last.get("usage") or {}).items():
-                if key in usage and isinstance(value, int):
-                    usage[key] += value
+            _add_usage(usage, last.get("usage"))
             calls = [item for item in produced if item.get("type") == "function_call"]
             for call in calls:
                 output = await self._tool_output(call, offered, episode)
-                outputs.append({"type": "function_call_output", "call_id": call.get("call_id"), "output": output})
+                # id and status make it a Responses output item (the SDK's ResponseFunctionToolCallOutputItem).
+                outputs.append({"type": "function_call_output", "id": f"fco_{uuid.uuid4().hex}",
+                                "call_id": call.get("call_id"), "output": output, "status": "completed"})
             if last.get("incomplete_details") or (not calls and any(i.get("type") == "message" for i in produced)):
                 break
         return {**last, "output": outputs, "usage": usage}
@@ -248,6 +248,15 @@ class ToolCallingAgent(GymServer):
         except (httpx.HTTPError, ServerNotRegistered) as exc:
             return error_response(502, f"resources server {self.config.resources!r} failed: {exc}", "resources_error")
         return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+
+
+def _add_usage(total: ResponseUsage, usage: Any) -> None:
+    """Add one model call's usage (details included) to the episode's; a malformed one counts nothing."""
+    if isinstance(usage, dict):
+        try:
+            total.add(ResponseUsage.model_validate(usage))
+        except ValidationError:
+            pass
 
 
 def _json_object(reply: httpx.Response, role: str, server: str, path: str) -> dict[str, Any]:

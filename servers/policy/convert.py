@@ -22,6 +22,7 @@ from gym_core.protocol import (
     ChatTool,
     ChatToolCall,
     ChatUsage,
+    ChoiceLogprobs,
     ContentPart,
     FunctionCall,
     FunctionCallOutput,
@@ -38,7 +39,17 @@ from gym_core.server import describe_validation_error
 
 # Keys of a Responses create body that are handled here rather than passed through to the engine.
 _HANDLED = {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "metadata", "stream",
-            "temperature", "top_p", "model", "parallel_tool_calls"}
+            "temperature", "top_p", "model", "parallel_tool_calls", "top_logprobs", "include", "text", "reasoning",
+            "stream_options"}
+# Responses keys asking for state this server does not keep, and what to send instead (422 naming them).
+_REFUSED = {
+    "previous_response_id": "this server stores no responses; send the whole conversation as input",
+    "conversation": "this server stores no conversations; send the whole conversation as input",
+    "background": "responses run in the foreground only; leave it out or send false",
+    "n": "the Responses API has no n; use /v1/chat/completions for several samples",
+}
+_LOGPROBS_INCLUDE = "message.output_text.logprobs"
+THINK_END = "</think>"  # where reasoning ends in a generation's tokens (Nemotron 3, Qwen3, DeepSeek-R1 style)
 
 
 class ConversionError(ValueError):
@@ -51,7 +62,12 @@ def responses_to_chat(params: ResponseCreateParams) -> ChatCompletionRequest:
     if params.instructions:
         messages.append(ChatMessage(role="system", content=params.instructions))
     messages.extend(_items_to_messages(params.items))
-    extra = {k: v for k, v in (params.model_extra or {}).items() if k not in _HANDLED}
+    given = params.model_extra or {}
+    refused = [f"{key} ({why})" for key, why in _REFUSED.items() if given.get(key) not in (None, False)]
+    if refused:
+        raise ConversionError("cannot honour " + "; ".join(refused))
+    extra = {k: v for k, v in given.items() if k not in _HANDLED}
+    extra.update(_chat_options(given))
     # NeMo Gym convention: metadata values are strings; extra_body / chat_template_kwargs hold JSON objects.
     metadata = params.metadata or {}
     if "extra_body" in metadata:
@@ -65,6 +81,7 @@ def responses_to_chat(params: ResponseCreateParams) -> ChatCompletionRequest:
         "temperature": params.temperature,
         "top_p": params.top_p,
         "max_tokens": params.max_output_tokens,
+        "parallel_tool_calls": params.parallel_tool_calls,
     }
     # Unset stays unset, so an upstream applies its own defaults instead of receiving nulls.
     fields = {k: v for k, v in fields.items() if v is not None}
@@ -89,6 +106,26 @@ def _metadata_object(metadata: dict[str, str], key: str) -> dict[str, Any]:
     return value
 
 
+def _chat_options(given: dict[str, Any]) -> dict[str, Any]:
+    """Responses options in their chat-completions spelling: log-probs, output format, reasoning effort."""
+    options: dict[str, Any] = {}
+    top = given.get("top_logprobs")
+    if top is not None or _LOGPROBS_INCLUDE in (given.get("include") or ()):
+        options.update(logprobs=True, top_logprobs=top or 0)
+    text_format = (given.get("text") or {}).get("format")
+    if isinstance(text_format, dict) and text_format.get("type") == "json_schema":
+        schema = {k: v for k, v in text_format.items() if k != "type"}
+        options["response_format"] = {"type": "json_schema", "json_schema": schema}
+    elif isinstance(text_format, dict) and text_format.get("type") not in (None, "text"):
+        options["response_format"] = {"type": text_format["type"]}
+    effort = (given.get("reasoning") or {}).get("effort")
+    if effort is not None:
+        options["reasoning_effort"] = effort
+    if given.get("stream_options") is not None:
+        options["stream_options"] = given["stream_options"]
+    return options
+
+
 def chat_to_response(chat: ChatCompletionResponse, params: ResponseCreateParams) -> Response:
     """A chat completion (one choice) as a Responses object; token fields go on the last output item."""
     choice = chat.choices[0]
@@ -99,7 +136,10 @@ def chat_to_response(chat: ChatCompletionResponse, params: ResponseCreateParams)
                                 summary=[ContentPart(type="summary_text", text=msg.reasoning_content)]))
     text = _text(msg.content)
     if text or not (msg.tool_calls or msg.reasoning_content):  # reasoning alone is not an answer yet
-        output.append(Message.assistant(text))
+        message = Message.assistant(text)
+        if choice.logprobs is not None:
+            message.content[0].logprobs = content_logprobs(choice.logprobs, msg.reasoning_content is not None)
+        output.append(message)
     for call in msg.tool_calls or []:
         output.append(FunctionCall(id=f"fc_{uuid.uuid4().hex}", call_id=call.id, name=call.function.name,
                                    arguments=call.function.arguments, status="completed"))
@@ -119,6 +159,31 @@ def chat_to_response(chat: ChatCompletionResponse, params: ResponseCreateParams)
         # The request's metadata is echoed (as OpenAI does), plus the engine's (model_version).
         metadata={**(params.metadata or {}), **(chat.metadata or {})} or None,
     )
+
+
+def content_logprobs(logprobs: ChoiceLogprobs, had_reasoning: bool) -> list[dict[str, Any]]:
+    """A chat choice's per-token log-probs as an output_text part's `logprobs`: the tokens after the reasoning.
+
+    Responses' `Logprob` requires `bytes`, so entries without them get the token's UTF-8 bytes.
+    """
+    entries = logprobs.content or []
+    end = next((i for i, e in enumerate(entries) if e.token == THINK_END), None)
+    if end is not None:
+        entries = entries[end + 1:]
+    elif had_reasoning:  # reasoning that never closed: no answer tokens
+        entries = []
+    out = []
+    for entry in entries:
+        item = _with_bytes(entry.model_dump(exclude_unset=True))
+        item["top_logprobs"] = [_with_bytes(t) for t in item.get("top_logprobs") or []]
+        out.append(item)
+    return out
+
+
+def _with_bytes(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry.get("bytes") is None:
+        entry["bytes"] = list(entry["token"].encode())
+    return entry
 
 
 def _response_usage(usage: ChatUsage) -> ResponseUsage:

@@ -32,6 +32,7 @@ from gym_core.server import (
     session_id_of,
 )
 from servers.policy.convert import ConversionError, chat_to_response, responses_to_chat
+from servers.policy.disconnect import ClientGone, unless_disconnected
 from servers.policy.engines.base import Engine, EngineError, WeightSource, create_engine
 
 
@@ -61,6 +62,7 @@ class PolicyServer(GymServer):
         super().__init__(name, config)
         self.engine: Engine = create_engine(self.config.engine, self.config.model_dump(), name)
         self.weights = WeightsInfo(model_version=self.engine.model_version, source=self.config.model)
+        self._created = int(time.time())  # `created` of the served model (the SDK's Model requires it)
 
     async def startup(self) -> None:
         """Start the engine."""
@@ -88,10 +90,15 @@ class PolicyServer(GymServer):
             body = ChatCompletionRequest.model_validate(loads(await request.body()))
         except (ValidationError, ValueError) as err:
             return self._versioned(_invalid(err))
+        refused = self._refused(body)
+        if refused is not None:
+            return self._versioned(refused)
         try:
-            completion = await self.engine.chat(body, session_id=session_id_of(request))
+            completion = await unless_disconnected(request, self.engine.chat(body, session_id=session_id_of(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            return _gone()
         version = self._stamp(completion)
         return self._versioned(JSONResponse(completion), version)
 
@@ -110,15 +117,17 @@ class PolicyServer(GymServer):
         except (ValidationError, ValueError) as err:  # ConversionError is a ValueError
             return self._versioned(_invalid(err))
         try:
-            completion = await self.engine.chat(chat, session_id=session_id_of(request))
+            completion = await unless_disconnected(request, self.engine.chat(chat, session_id=session_id_of(request)))
         except EngineError as err:
             return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            return _gone()
         version = self._stamp(completion)
         return self._versioned(JSONResponse(chat_to_response(completion, params)), version)
 
     async def _models_route(self, request: Request) -> JSONResponse:
-        models = {"object": "list", "data": [{"id": self.engine.model_name, "object": "model", "owned_by": "gym"}]}
-        return self._versioned(JSONResponse(models))
+        model = {"id": self.engine.model_name, "object": "model", "created": self._created, "owned_by": "gym"}
+        return self._versioned(JSONResponse({"object": "list", "data": [model]}))
 
     async def _weights_route(self, request: Request) -> JSONResponse:
         """The weights being served: version, where they came from, since when."""
@@ -140,6 +149,15 @@ class PolicyServer(GymServer):
                                    updates=self.weights.updates + 1)
         return self._versioned(JSONResponse(self.weights), version)
 
+    def _refused(self, body: ChatCompletionRequest) -> JSONResponse | None:
+        """A 422 for what the engine cannot do with this request, before it is sent there."""
+        if body.n > 1 and not self.engine.supports_n:
+            return error_response(422, f"the {self.config.engine} engine answers one choice; send n: 1 (engine: "
+                                       "native samples n > 1 sharing one prefill)", "unsupported_parameter")
+        if body.stream:
+            return error_response(422, "streaming is not supported; send stream: false")
+        return None
+
     def _stamp(self, completion: ChatCompletionResponse) -> str:
         """The version that produced `completion`, written into its metadata (the engine's, else the current)."""
         metadata = completion.metadata or {}
@@ -160,10 +178,17 @@ async def _serve(request: Request, schema: type[WireModel],
     except (ValidationError, ValueError) as err:
         return _invalid(err)
     try:
-        result = await engine_method(body, session_id=session_id_of(request))
+        result = await unless_disconnected(request, engine_method(body, session_id=session_id_of(request)))
     except EngineError as err:
         return error_response(err.status, str(err), err.error_type)
+    except ClientGone:
+        return _gone()
     return JSONResponse(result)
+
+
+def _gone() -> JSONResponse:
+    # Nobody reads this answer; 499 is what proxies log for a client that closed the connection.
+    return error_response(499, "the client closed the connection; the generation was cancelled", "client_gone")
 
 
 _VERSION_LABEL = re.compile(MODEL_VERSION_PATTERN)

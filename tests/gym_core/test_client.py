@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
 
 from gym_core.client import (
     REGISTRY_URL_ENV,
@@ -18,6 +19,7 @@ from gym_core.client import (
     ServerNotRegistered,
     ServerUnreachable,
     ServiceClient,
+    aiter_sse,
     close_client,
     connection_budget,
     get_client,
@@ -259,3 +261,104 @@ async def test_get_client_is_one_per_loop() -> None:
     await close_client()
     assert get_client() is not first
     await close_client()
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+
+
+def streaming_app(disconnected: asyncio.Event) -> FastAPI:
+    """Server-sent events: three events then [DONE]; and an endless stream that notices its client leave."""
+    app = FastAPI()
+
+    @app.post("/events")
+    async def events(request: Request) -> StreamingResponse:
+        count = (await request.json())["count"]
+
+        async def body() -> AsyncIterator[bytes]:
+            for i in range(count):
+                yield f"data: {{\"i\": {i}}}\n\n".encode()
+            yield b": a comment\r\ndata: two\r\ndata: lines\r\n\r\ndata: [DONE]\n\n"
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    @app.get("/endless")
+    async def endless() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            try:
+                while True:
+                    yield b"data: tick\n\n"
+                    await asyncio.sleep(0.01)
+            finally:
+                disconnected.set()
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    @app.get("/stall")
+    async def stall() -> StreamingResponse:
+        async def body() -> AsyncIterator[bytes]:
+            yield b"data: first\n\n"
+            await asyncio.sleep(30)
+
+        return StreamingResponse(body(), media_type="text/event-stream")
+
+    return app
+
+
+async def test_stream_yields_server_sent_events_as_they_come(client: ServiceClient) -> None:
+    async with serve_in_background(streaming_app(asyncio.Event())) as url:
+        async with client.stream("POST", url, "/events", {"count": 3}, headers={"X-Session-Id": "s"}) as response:
+            assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+            events = [event async for event in aiter_sse(response)]
+        assert events == ['{"i": 0}', '{"i": 1}', '{"i": 2}', "two\nlines", "[DONE]"]
+        # The connection went back to the pool: the next call reuses it and still works.
+        async with client.stream("POST", url, "/events", {"count": 1}) as again:
+            assert [event async for event in aiter_sse(again)] == ['{"i": 0}', "two\nlines", "[DONE]"]
+
+
+async def test_leaving_a_stream_early_closes_the_connection(client: ServiceClient) -> None:
+    disconnected = asyncio.Event()
+    async with serve_in_background(streaming_app(disconnected)) as url:
+        async with client.stream("GET", url, "/endless") as response:
+            async for event in aiter_sse(response):
+                assert event == "tick"
+                break
+        await asyncio.wait_for(disconnected.wait(), timeout=10)  # the server saw the client go
+
+        # A cancelled consumer also lets go.
+        disconnected.clear()
+        started = asyncio.Event()
+
+        async def consume() -> None:
+            async with client.stream("GET", url, "/endless") as endless:
+                async for _ in endless.aiter_lines():
+                    started.set()
+
+        task = asyncio.ensure_future(consume())
+        await asyncio.wait_for(started.wait(), timeout=10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(disconnected.wait(), timeout=10)
+
+
+async def test_a_stream_is_bounded_by_its_timeout(client: ServiceClient) -> None:
+    async with serve_in_background(streaming_app(asyncio.Event())) as url:
+        with pytest.raises(CallTimeout, match="streamed answer within 0.5 s"):
+            async with client.stream("GET", url, "/stall", timeout=0.5) as response:
+                async for _ in response.aiter_bytes():
+                    pass
+
+
+async def test_a_stream_to_a_closed_port_is_unreachable_after_bounded_tries(client: ServiceClient) -> None:
+    with pytest.raises(ServerUnreachable, match="after 3 tries"):
+        async with client.stream("POST", closed_port_url(), "/events", {"count": 1}):
+            pass
+
+
+async def test_buffered_responses_read_like_read_ones(target, client: ServiceClient) -> None:
+    url, _ = target
+    response = await client.post(url, "/echo", {"a": 1})
+    assert response.read() == await response.aread() == response.content
+    assert b"".join(response.iter_bytes(chunk_size=3)) == response.content
+    assert b"".join([chunk async for chunk in response.aiter_bytes()]) == response.content
+    assert "".join(response.iter_lines()) == response.text

@@ -210,8 +210,10 @@ def test_chat_completion_request_and_response() -> None:
         "chat_template_kwargs": {"enable_thinking": True},
     }
     assert roundtrip(ChatCompletionRequest, request) == request
-    with pytest.raises(ValidationError, match="n"):
-        ChatCompletionRequest.model_validate({**request, "n": 2})
+    assert ChatCompletionRequest.model_validate({**request, "n": 2}).n == 2  # an engine may still refuse n > 1
+    for bad in ({"n": 0}, {"n": 129}, {"top_logprobs": 21}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            ChatCompletionRequest.model_validate({**request, **bad})
     reply = ChatCompletionResponse(model="policy", choices=[{"message": ChatMessage(role="assistant", content="ok", **TOKENS)}])
     data = loads(dumps(reply))
     assert data["object"] == "chat.completion" and data["choices"][0]["finish_reason"] == "stop"
@@ -242,3 +244,17 @@ def test_always_dump_fields_are_dumped_at_default_and_others_are_not() -> None:
     assert dumps(Tagged()) == b'{"kind":"tag"}' and dumps(Child()) == b'{"kind":"tag"}'
     # Schemas without always_dump have no post-init hook: pydantic builds them without a Python call each.
     assert Message.__pydantic_post_init__ is None and Tagged.__pydantic_post_init__ == "model_post_init"
+
+
+def test_response_usage_always_carries_the_details_the_sdk_requires() -> None:
+    from gym_core.protocol import ResponseUsage, dumps, loads
+
+    usage = ResponseUsage(input_tokens=3, output_tokens=2, total_tokens=5)
+    assert loads(dumps(usage)) == {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5,
+                                   "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                                   "output_tokens_details": {"reasoning_tokens": 0}}
+    usage.add(ResponseUsage.model_validate({"input_tokens": 7, "output_tokens": 1, "total_tokens": 8,
+                                            "input_tokens_details": {"cached_tokens": 3},
+                                            "output_tokens_details": {"reasoning_tokens": 1}}))
+    assert (usage.input_tokens, usage.total_tokens) == (10, 13)
+    assert usage.input_tokens_details.cached_tokens == 3 and usage.output_tokens_details.reasoning_tokens == 1

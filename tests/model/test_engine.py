@@ -7,8 +7,8 @@ import asyncio
 import pytest
 import torch
 
+from model.async_engine import AsyncEngine
 from model.engine import (
-    AsyncEngine,
     Engine,
     GenerationRequest,
     ReasoningTokens,
@@ -134,6 +134,45 @@ def test_repeats_of_a_prompt_prefill_as_one_batch():
     assert engine.model.calls[0] == (4, 6) and engine.stats.prefill_tokens == 24
     alone = make_engine().generate([GenerationRequest([2, 7, 1, 8, 2, 8], SamplingParams(seed=2, max_tokens=5))])
     assert results[2].token_ids == alone[0].token_ids
+
+
+def test_samples_of_one_prompt_share_one_prefill_even_when_they_wait_for_slots():
+    prompt = list(range(1, 13))
+    engine = make_engine(max_batch=2, prefill_chunk=4)
+    samples = [GenerationRequest(prompt, SamplingParams(seed=i, max_tokens=6), prefill_group="g") for i in range(5)]
+    results = engine.generate(samples)
+    assert engine.stats.prefill_tokens == len(prompt)  # once, not five times
+    assert [r.cached_tokens for r in results] == [0] + [len(prompt)] * 4
+    for i, result in enumerate(results):  # each is exactly the sample a lone request with its seed draws
+        alone = make_engine().generate([GenerationRequest(prompt, SamplingParams(seed=i, max_tokens=6))])[0]
+        assert result.token_ids == alone.token_ids and result.logprobs == pytest.approx(alone.logprobs)
+    assert not engine._shared._ready and not engine._shared._waiting  # nothing kept once all are admitted
+
+
+def test_when_the_sample_prefilling_a_shared_prompt_is_aborted_the_next_one_prefills():
+    prompt = list(range(1, 13))
+    engine = make_engine(max_batch=4, prefill_chunk=4)
+    samples = [GenerationRequest(prompt, SamplingParams(seed=i, max_tokens=4), prefill_group="g") for i in range(3)]
+    for request in samples:
+        engine.add_request(request)
+    engine.step()  # the first sample prefills a chunk; the others wait for it
+    assert [seq.request for seq in engine._running.values()] == [samples[0]]
+    assert engine.abort(samples[0].request_id)
+    done = {}
+    while engine.has_work():
+        done.update((r.request_id, r) for r in engine.step())
+    assert set(done) == {samples[1].request_id, samples[2].request_id}
+    assert engine.stats.prefill_tokens == 4 + len(prompt) and done[samples[2].request_id].cached_tokens == len(prompt)
+
+
+def test_top_logprobs_come_with_each_token_when_asked():
+    engine = make_engine()
+    asked, plain = engine.generate([GenerationRequest([3, 4], SamplingParams(temperature=0, max_tokens=5,
+                                                                              top_logprobs=2)),
+                                    GenerationRequest([3, 4], SamplingParams(temperature=0, max_tokens=5))])
+    assert plain.top_logprobs is None and len(asked.top_logprobs) == 5
+    for token, logprob, top in zip(asked.token_ids, asked.logprobs, asked.top_logprobs, strict=True):
+        assert top[0] == (token, pytest.approx(logprob)) and len(top) == 2 and top[1][1] <= logprob
 
 
 def test_logprobs_are_tempered_and_untruncated():

@@ -117,7 +117,7 @@ def test_thinking_off_from_the_request_or_the_responses_metadata(server, tok):
     body = chat(server, QUESTION, max_tokens=4, chat_template_kwargs={"enable_thinking": False})
     prompt = body["choices"][0]["message"]["prompt_token_ids"]
     assert tok.decode(prompt).endswith("<|im_start|>assistant\n<think></think>")
-    assert "completion_tokens_details" not in body["usage"]  # no reasoning was opened
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}  # no reasoning was opened
 
 
 
@@ -191,12 +191,11 @@ def test_a_template_that_rewrites_history_falls_back_to_retokenizing_with_one_wa
     messages renders the history differently once a message is added, so the ids cannot be extended."""
     template = "{{ messages | length }}" + tok.chat_template
     engine = NativeEngine(NativeConfig(model="builtin:tiny"), "tiny")
-    engine.tokenizer = ChatTokenizer(tok.tokenizer, template, special_tokens={"eos_token": "</s>"})
-    engine._vocab_size = tok.vocab_size  # what start() reads from the model
+    engine.use_tokenizer(ChatTokenizer(tok.tokenizer, template, special_tokens={"eos_token": "</s>"}), tok.vocab_size)
     turn = {"role": "assistant", "content": "hi", "prompt_token_ids": [1, 2], "generation_token_ids": [3, 11],
             "generation_log_probs": [-1.0, -1.0]}
     request = ChatCompletionRequest(messages=[*QUESTION, turn, {"role": "user", "content": "more"}])
-    with caplog.at_level(logging.WARNING, logger="servers.policy.engines.native"):
+    with caplog.at_level(logging.WARNING, logger="servers.policy.engines.native_prompt"):
         prompt = engine.build_prompt(request)
         engine.build_prompt(request)
     assert not prompt.spliced and prompt.ids[:2] != [1, 2]
@@ -234,14 +233,14 @@ class ScriptedRunner:
         return GenerationResult(request.request_id, request.prompt_token_ids, ids, [-0.5] * len(ids),
                                 "stop" if self.end else "length", text=self.text)
 
-    def close(self) -> None:
-        pass
+    def close(self, timeout: float = 10.0) -> bool:
+        return True
 
 
 def scripted_engine(tok: ChatTokenizer, text: str, **config) -> NativeEngine:
     """A NativeEngine whose model is replaced by a ScriptedRunner (the tokenizer and parsing are real)."""
     engine = NativeEngine(NativeConfig(model="builtin:tiny", **config), "tiny")
-    engine.tokenizer, engine._vocab_size = tok, tok.vocab_size
+    engine.use_tokenizer(tok, tok.vocab_size)
     engine._runner = ScriptedRunner(tok, text)
     return engine
 
@@ -359,7 +358,7 @@ def test_shutdown_stops_the_generation_thread():
         thread = policy.engine._runner._thread
         assert thread.is_alive()
     assert policy.engine._runner is None and not thread.is_alive()
-    with pytest.raises(EngineError, match="not started") as stopped:
+    with pytest.raises(EngineError, match="shutting down") as stopped:
         asyncio.run(policy.engine.chat(ChatCompletionRequest(messages=QUESTION)))
     assert stopped.value.status == 503
 

@@ -61,10 +61,15 @@ def test_sampling_fields_and_vllm_token_names(server, tok):
     as_ids = complete(server, prompt="Hello", max_tokens=3, temperature=0, ignore_eos=True, logprobs=0,
                       return_tokens_as_token_ids=True)["choices"][0]
     assert as_ids["logprobs"]["tokens"] == [f"token_id:{i}" for i in as_ids["generation_token_ids"]]
+    top = complete(server, prompt="Hello", max_tokens=3, temperature=0, ignore_eos=True, logprobs=2)["choices"][0]
+    alternatives = top["logprobs"]["top_logprobs"]
+    assert len(alternatives) == 3 and all(len(row) == 2 for row in alternatives)
+    for token, logprob, row in zip(top["logprobs"]["tokens"], top["logprobs"]["token_logprobs"], alternatives):
+        assert row[token] == pytest.approx(logprob) and max(row.values()) == pytest.approx(logprob)  # greedy
 
 
 @pytest.mark.parametrize("body, status, says", [
-    ({"prompt": "Hello", "logprobs": 2}, 422, "logprobs: 0"),
+    ({"prompt": "Hello", "logprobs": 21}, 422, "top_logprobs"),
     ({"prompt": "Hello", "echo": True}, 422, "echo"),
     ({"prompt": [10**6]}, 422, "vocabulary"),
     ({"prompt": ""}, 422, "empty"),

@@ -148,12 +148,12 @@ def test_chat_to_response_carries_cached_and_reasoning_token_counts():
         {"choices": [{"message": {"role": "assistant", "content": "hi"}}], "usage": usage})
     response = chat_to_response(chat, ResponseCreateParams(input="x")).model_dump(mode="json")
     assert response["usage"] == {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15,
-                                 "input_tokens_details": {"cached_tokens": 8},
+                                 "input_tokens_details": {"cached_tokens": 8, "cache_write_tokens": 0},
                                  "output_tokens_details": {"reasoning_tokens": 3}}
     plain = ChatCompletionResponse.model_validate({"choices": [{"message": {"role": "assistant", "content": "hi"}}],
                                                    "usage": {"prompt_tokens_details": None}})
     usage = chat_to_response(plain, ResponseCreateParams(input="x")).usage.model_dump()
-    assert usage["input_tokens_details"] == {"cached_tokens": 0}  # present as OpenAI clients expect, 0 if unknown
+    assert usage["input_tokens_details"] == {"cached_tokens": 0, "cache_write_tokens": 0}  # present as OpenAI clients expect, 0 if unknown
     assert usage["output_tokens_details"] == {"reasoning_tokens": 0}
 
 

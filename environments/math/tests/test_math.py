@@ -1,26 +1,28 @@
-"""The math environment: answer extraction and normalisation on nasty inputs, /verify, metrics, data."""
+"""The math environment: math-verify grading of near misses, the bounded worker pool, /verify, metrics, data."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from environments.math.app import Math, answers_match, extract_answer, normalize
+from environments.math.app import Math
+from environments.math.grading import gold_text, grade, warm_up
+from environments.math.verify_pool import TaskFailed, TaskTimeout, VerifyPool
 from gym_core.config import load_config
 from gym_core.protocol import TaskRow
+from tests.environments.adversarial import assert_verify_survives
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
 EXAMPLE = Path(__file__).parents[3] / "examples" / "math.yaml"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client():
     with TestClient(Math("math", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
         yield c
@@ -30,72 +32,91 @@ def answer(text: str) -> dict:
     return {"output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}]}
 
 
-@pytest.mark.parametrize("text,expected", [
-    (r"so the answer is \boxed{42}.", "42"),
-    (r"\boxed{1} wait, no: \boxed{2}", "2"),                       # the last box wins
-    (r"\boxed{\frac{\sqrt{3}}{2}}", r"\frac{\sqrt{3}}{2}"),        # nested braces
-    (r"\boxed {7}", "7"),
-    (r"\fbox{9}", "9"),
-    (r"\boxed{5} and then \boxed{6", "5"),                         # an unclosed last box falls back to a closed one
-    (r"\boxed{", None),
-    ("first 3, then 4, finally 12.", "12"),                        # no box: the last number
-    ("It costs 1,234,567 dollars", "1,234,567"),
-    ("x = -3.5", "-3.5"),
-    ("x = \u22125", "-5"),                                         # unicode minus
-    (r"so x = \dfrac{3}{4}", "3/4"),
-    ("the answer is 7, I think", "7"),
-    ("", None),
-    ("no numbers here at all", None),
-    ("<think>I guess 12</think>The answer is 13.", "13"),          # reasoning is not the answer
-    ("<think>let me think... 12 maybe", None),                     # reasoning that never finished
-    ("}{" * 50_000 + r"\boxed{3}", "3"),
+@pytest.mark.parametrize("expected,text,correct", [
+    ("391", r"17 * 23 = 391, so \boxed{391}", True),
+    ("391", r"\boxed{391.0}", True),                                   # unusual format, same number
+    ("391", "The product is 391.", True),                              # no box: the last number
+    ("391", r"\boxed{390}", False),                                    # plausible wrong
+    ("391", r"\boxed{1} wait, no: \boxed{391}", True),                 # the last box wins
+    (r"\frac{3}{4}", "0.75", True),
+    (r"\frac{3}{4}", r"\boxed{\dfrac{6}{8}}", True),
+    (r"\frac{3}{4}", r"\boxed{3/4}", True),
+    (r"\frac{3}{4}", r"\boxed{0.7}", False),
+    ("1/3", r"\boxed{0.33}", False),                                   # rounding is not equality
+    ("-7", "\\boxed{\u22127}", True),                                  # unicode minus
+    ("-7", r"\boxed{7}", False),
+    ("86400", r"\boxed{86,400}", True),                                # thousands separator
+    ("720", r"\boxed{720^\circ}", True),
+    ("x^2 + 2x + 1", r"\boxed{(x+1)^2}", True),                        # symbolic equivalence
+    ("x^2 + 2x + 1", r"\boxed{x^2 + 2x + 2}", False),
+    ("2x", r"\boxed{x \cdot 2}", True),
+    (r"\frac{\sqrt{3}}{2}", r"\boxed{\sqrt{3}/2}", True),
+    ("(-2, 2)", r"\boxed{(-2,2)}", True),                              # interval
+    ("(-2, 2)", r"\boxed{[-2, 2]}", False),                            # closed is not open
+    (r"\{2, 3\}", r"\boxed{\{3, 2\}}", True),                          # set order does not matter
+    (r"\{2, 3\}", r"\boxed{\{2, 4\}}", False),
+    ("13", "<think>I guess 12</think>The answer is 13.", True),        # reasoning is not the answer
+    ("12", "<think>let me think... 12 maybe", False),                 # reasoning that never finished
+    ("5", "I cannot solve this.", False),
+    ("5", "", False),
 ])
-def test_extract_answer(text, expected):
-    assert extract_answer(text) == expected
+def test_grade(expected, text, correct):
+    assert grade(expected, text, timeout_s=5)["correct"] is correct
 
 
-@pytest.mark.parametrize("raw,canonical", [
-    ("$42$", "42"), (" 42 ", "42"), ("42.", "42"), ("5.0", "5"), ("5.50", "5.5"), ("-0.0", "0"),
-    ("1,000", "1000"), ("1,234.5", "1234.5"), ("1,2", "1,2"),
-    (r"\frac{6}{8}", "3/4"), (r"\dfrac{1}{2}", "1/2"), (r"\tfrac12", "1/2"), (r"-\frac{1}{2}", "-1/2"),
-    (r"\frac{-1}{2}", "-1/2"), ("4/2", "2"), (".5", "0.5"), ("(3)", "3"), (r"\text{(B)}", "B"),
-    (r"90^\circ", "90"), (r"10\%", "10"), (r"\$ 3", "3"), (r"\left( 1, 2 \right)", "(1,2)"),
-    ("1/0", "1/0"), ("x^2 + 1", "x^2+1"), ("9" * 200, "9" * 200),
-])
-def test_normalize(raw, canonical):
-    assert normalize(raw) == canonical
+def test_gold_answers_are_wrapped_in_math_mode_once():
+    assert gold_text(" 391 ") == "$391$"
+    assert gold_text(r"$\frac{1}{2}$") == r"$\frac{1}{2}$"
+    assert gold_text(r"\boxed{2}") == r"\boxed{2}"
 
 
-@pytest.mark.parametrize("given,expected,same", [
-    ("0.5", r"\frac{1}{2}", True), ("0.3333333", "1/3", True), ("0.33", "1/3", False),
-    ("1000", "1,000", True), ("-7", "−7", True), ("7", "-7", False), ("1e3", "1000", False),
-    ("X^2+1", "x^2 + 1", True), ("1/0", "0", False), ("100000000000000000000000001", "1e26", False),
-    ("1" * 5000, "1" * 5000, True),
-])
-def test_answers_match(given, expected, same):
-    assert answers_match(given, expected) is same
+def test_extracted_answer_is_reported_and_capped():
+    assert grade("391", r"\boxed{391}", 5)["extracted_answer"] == "391"
+    assert grade("1", "no numbers here", 5)["extracted_answer"] is None
+    long = grade("1", r"\boxed{" + "9" * 1_000 + "}", 5)["extracted_answer"]
+    assert long.endswith("(1000 chars)") and len(long) < 300
+    assert grade("1", r"\boxed{" + "9" * 10_000 + "}", 5)["correct"] is False  # past Python's int limit
 
 
-@pytest.mark.parametrize("junk", [
-    "", " ", "\\boxed{" * 10_000, "{" * 100_000, "9" * 1_000_000, "1/" * 100_000, r"\frac{" * 50_000,
-    "\x00\udcff", "-" * 10_000 + "5",
-])
-def test_junk_never_raises_and_stays_fast(junk):
-    start = time.perf_counter()
-    extracted = extract_answer(junk)
-    if extracted is not None:
-        answers_match(extracted, "5")
-        normalize(extracted)
-    assert time.perf_counter() - start < 1.0
+def _sleep_forever() -> None:
+    import time
+    while True:
+        time.sleep(1)
+
+
+def _fail() -> None:
+    raise RuntimeError("grading bug")
+
+
+@pytest.mark.timeout(120)
+async def test_a_hung_grading_is_killed_and_the_pool_keeps_serving():
+    pool = VerifyPool(1, timeout_s=5.0, warm_up=warm_up)  # sympy's import is the warm-up's, not a task's
+    try:
+        with pytest.raises(TaskTimeout):
+            await pool.run(_sleep_forever)
+        assert (await pool.run(grade, "2", r"\boxed{2}", 5))["correct"] is True  # a fresh worker took over
+        with pytest.raises(TaskFailed, match="grading bug"):
+            await pool.run(_fail)
+        assert (await pool.run(grade, "2", "2", 5))["correct"] is True
+    finally:
+        pool.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_pathological_answer_is_cut_off_as_reward_0_with_a_flag():
+    server = Math("math", {"grading_workers": 1, "parse_timeout_s": 60, "hard_timeout_s": 3.0})
+    with TestClient(server.build_app(), headers={"X-Session-Id": "s"}) as c:
+        tower = r"\boxed{2^{2^{2^{2^{2^{2}}}}}}"
+        body = c.post("/verify", json={**ROWS[0], "response": answer(tower)}).json()
+        assert (body["reward"], body["grading_timed_out"]) == (0.0, True)
+        body = c.post("/verify", json={**ROWS[0], "response": answer(r"\boxed{391}")}).json()
+        assert (body["reward"], body["grading_timed_out"]) == (1.0, False)
 
 
 @pytest.mark.parametrize("text,reward,extracted", [
     (r"17 * 23 = 391, so \boxed{391}", 1.0, "391"),
-    (r"\boxed{391.0}", 1.0, "391"),
-    ("The product is 391.", 1.0, "391"),
     (r"\boxed{390}", 0.0, "390"),
     ("I cannot solve this.", 0.0, None),
-    ("", 0.0, None),
 ])
 def test_verify(client, text, reward, extracted):
     body = client.post("/verify", json={**ROWS[0], "response": answer(text)}).json()
@@ -113,10 +134,16 @@ def test_verify_reads_only_the_last_message_and_ignores_reasoning_items(client):
     assert (body["reward"], body["extracted_answer"]) == (0.0, None)
 
 
-def test_verify_fractions_against_latex_expected(client):
-    row = next(r for r in ROWS if r["expected_answer"] == r"\frac{3}{4}")
-    for text in ("0.75", "3/4", r"\boxed{\dfrac{3}{4}}", r"\boxed{6/8}"):
-        assert client.post("/verify", json={**row, "response": answer(text)}).json()["reward"] == 1.0
+def test_every_example_row_accepts_its_own_answer_and_rejects_a_wrong_one(client):
+    for row in ROWS:
+        good = client.post("/verify", json={**row, "response": answer(f"\\boxed{{{row['expected_answer']}}}")})
+        bad = client.post("/verify", json={**row, "response": answer(r"\boxed{123456789}")})
+        assert (good.json()["reward"], bad.json()["reward"]) == (1.0, 0.0), row["expected_answer"]
+
+
+@pytest.mark.timeout(300)
+def test_adversarial_output_gets_a_reward():
+    assert_verify_survives(Math("math", {"grading_workers": 1, "hard_timeout_s": 20.0}), ROWS[0])
 
 
 def test_metrics_have_pass_and_majority_at_k(client):
@@ -128,13 +155,12 @@ def test_metrics_have_pass_and_majority_at_k(client):
     metrics = client.post("/aggregate_metrics", json={"verify_responses": rows}).json()["agent_metrics"]
     assert metrics["pass@1/reward"] == pytest.approx(0.5)
     assert metrics["pass@3/reward"] == 1.0
-    assert metrics["majority@1/reward"] == 0.0          # task 0: "5" is wrong; task 1: no answer yet
-    assert metrics["majority@2/reward"] == 0.5          # task 0: tie 5/7 goes to the first seen
+    assert metrics["majority@1/reward"] == 0.0
+    assert metrics["majority@2/reward"] == 0.5
     assert metrics["majority@3/reward"] == 0.5
-    assert metrics["mean/reward"] == pytest.approx(0.5)
 
 
-def test_a_row_without_expected_answer_is_an_error_not_a_zero(client):
+def test_a_row_without_expected_answer_is_an_error_not_a_zero():
     row = {"responses_create_params": ROWS[0]["responses_create_params"], "response": answer("1")}
     with TestClient(Math("math", {}).build_app(), raise_server_exceptions=False) as c:
         assert c.post("/verify", json=row).status_code == 500
@@ -145,14 +171,12 @@ def test_example_rows_are_valid():
     for row in ROWS:
         task = TaskRow.model_validate(row)
         assert task.responses_create_params.tools == [] and task.extra["expected_answer"]
-        assert answers_match(row["expected_answer"], row["expected_answer"])
 
 
 def test_example_config_loads():
     config = load_config(EXAMPLE)
     assert config.servers["math"].env == "math"
     assert {config.servers["agent"].resources, config.servers["agent"].policy} == {"math", "policy"}
-    assert config.servers["policy"].engine == "openai"
     native = load_config(EXAMPLE, ["servers.policy.engine=native", "servers.policy.model=builtin:tiny"])
     assert native.servers["policy"].engine == "native"
 

@@ -31,6 +31,7 @@ from gym_core.protocol import (
 ENGINES: dict[str, str] = {
     "scripted": "servers.policy.engines.scripted:ScriptedEngine",
     "openai": "servers.policy.engines.openai:OpenAIEngine",
+    "vllm": "servers.policy.engines.vllm:VLLMEngine",
     "native": "servers.policy.engines.native:NativeEngine",
 }
 
@@ -64,6 +65,8 @@ class Engine(ABC):
     """Generates chat completions for the policy server."""
 
     config_model: ClassVar[type[EngineConfig]] = EngineConfig
+    # Whether `chat` answers n > 1 choices; the policy server refuses n > 1 (422) for engines that do not.
+    supports_n: ClassVar[bool] = False
 
     def __init__(self, config: EngineConfig, model_name: str) -> None:
         self.config = config

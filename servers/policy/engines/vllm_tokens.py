@@ -63,6 +63,39 @@ def take_completion_tokens(reply: dict[str, Any], *, keep_logprobs: bool) -> Tok
     return Tokens(prompt, *_generation(pairs, token_ids))
 
 
+class StreamTokens:
+    """The token fields of a streamed vLLM chat completion, gathered chunk by chunk.
+
+    vLLM sends the prompt's ids on the first chunk (`prompt_token_ids`) and each delta's log-probs (tokens as
+    "token_id:<int>") and ids (`token_ids`) on its choice; `take` removes vLLM's copies from each chunk.
+    """
+
+    def __init__(self) -> None:
+        self.prompt: list[int] | None = None
+        self._pairs: list[tuple[Any, Any]] = []
+        self._ids: list[int] = []
+        self._saw_logprobs = False
+
+    def take(self, chunk: dict[str, Any], *, keep_logprobs: bool) -> None:
+        """Record one chunk's ids and log-probs."""
+        prompt = chunk.pop("prompt_token_ids", None)
+        for choice in chunk.get("choices") or []:
+            prompt = choice.pop("prompt_token_ids", None) or prompt
+            self._ids.extend(choice.pop("token_ids", None) or [])
+            logprobs = choice.get("logprobs") if keep_logprobs else choice.pop("logprobs", None)
+            entries = (logprobs or {}).get("content")
+            if entries is not None:
+                self._saw_logprobs = True
+                self._pairs.extend((e.get("token"), e.get("logprob")) for e in entries)
+        if prompt:
+            self.prompt = prompt
+
+    def tokens(self) -> Tokens:
+        """The generation so far as `Tokens` (MissingTokens when the upstream sent no log-probs)."""
+        pairs = self._pairs if self._saw_logprobs else None
+        return Tokens(self.prompt, *_generation(pairs, self._ids))
+
+
 def _generation(pairs: list[tuple[Any, Any]] | None, token_ids: list[int] | None) -> tuple[list[int], list[float]]:
     """The generated ids (from "token_id:<int>" entries, else vLLM's `token_ids`) and their log-probs."""
     if pairs is None:

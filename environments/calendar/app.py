@@ -1,0 +1,134 @@
+"""Calendar: a per-rollout calendar seeded from the row; the model lists, creates, moves and deletes events."""
+
+from __future__ import annotations
+
+import copy
+
+from pydantic import Field
+
+from environments.calendar.schedule import check_day, conflicts, grade, minutes
+from servers.resources import ResourcesConfig, ResourcesServer, Session, TaskRow, ToolError, VerifyRequest, tool
+
+MAX_TITLE_CHARS = 100
+MAX_ATTENDEES = 20
+
+
+class CalendarConfig(ResourcesConfig):
+    """The calendar server block."""
+
+    max_events: int = Field(200, ge=1)  # events one rollout's calendar may hold
+
+
+class Calendar(ResourcesServer):
+    """Scheduling under constraints; the reward checks the final calendar (see README.md)."""
+
+    config: CalendarConfig
+    config_model = CalendarConfig
+
+    async def seed(self, row: TaskRow, session: Session) -> None:
+        """Load the row's `calendar` (validated) into the session."""
+        events = row.extra.get("calendar")
+        if not isinstance(events, list) or not isinstance(row.extra.get("goals"), list):
+            raise ValueError("a calendar row needs `calendar` (a list of events) and `goals`")
+        for event in events:
+            _validate_times(event["day"], event["start"], event["end"])
+        session.state.update(events=copy.deepcopy(events), touched=set(), next_id=len(events) + 1)
+
+    def _events(self, session: Session) -> list[dict]:
+        if "events" not in session.state:
+            raise ToolError("no calendar is loaded for this session: call /seed_session with the task row first")
+        return session.state["events"]
+
+    def _find(self, session: Session, event_id: str) -> dict:
+        for event in self._events(session):
+            if event["id"] == event_id:
+                return event
+        raise ToolError(f"no event with id {event_id[:50]!r}; call list_events to see the ids")
+
+    @tool
+    async def list_events(self, session: Session, day: str) -> dict:
+        """List the events of one day, earliest first, with their ids.
+
+        Args:
+            day: the date, "YYYY-MM-DD"
+        """
+        try:
+            day = check_day(day)
+        except ValueError as err:
+            raise ToolError(str(err)) from None
+        events = sorted((e for e in self._events(session) if e["day"] == day), key=lambda e: e["start"])
+        return {"day": day, "events": events}
+
+    @tool
+    async def create_event(self, session: Session, title: str, day: str, start: str, end: str,
+                           attendees: list[str]) -> dict:
+        """Create an event. It may overlap others: checking availability is your job.
+
+        Args:
+            title: the event's title
+            day: the date, "YYYY-MM-DD"
+            start: start time, "HH:MM" (24-hour)
+            end: end time, "HH:MM", after start on the same day
+            attendees: the attendees' names
+        """
+        events = self._events(session)
+        if len(events) >= self.config.max_events:
+            raise ToolError(f"the calendar is full ({self.config.max_events} events); delete some first")
+        day = _validate_times(day, start, end)
+        if not title.strip() or len(title) > MAX_TITLE_CHARS or len(attendees) > MAX_ATTENDEES:
+            raise ToolError(f"a title needs 1-{MAX_TITLE_CHARS} characters and at most {MAX_ATTENDEES} attendees")
+        event = {"id": f"ev{session.state['next_id']}", "title": title.strip(), "day": day, "start": start.strip(),
+                 "end": end.strip(), "attendees": [a.strip()[:MAX_TITLE_CHARS] for a in attendees]}
+        session.state["next_id"] += 1
+        events.append(event)
+        session.state["touched"].add(event["id"])
+        return {"created": event, "conflicts_with": _clashes(event, events)}
+
+    @tool
+    async def move_event(self, session: Session, event_id: str, day: str, start: str, end: str) -> dict:
+        """Move an event to a new day and time (its title and attendees stay).
+
+        Args:
+            event_id: the event's id, from list_events
+            day: the new date, "YYYY-MM-DD"
+            start: the new start time, "HH:MM"
+            end: the new end time, "HH:MM"
+        """
+        event = self._find(session, event_id)
+        event.update(day=_validate_times(day, start, end), start=start.strip(), end=end.strip())
+        session.state["touched"].add(event_id)
+        return {"moved": event, "conflicts_with": _clashes(event, self._events(session))}
+
+    @tool
+    async def delete_event(self, session: Session, event_id: str) -> dict:
+        """Delete an event.
+
+        Args:
+            event_id: the event's id, from list_events
+        """
+        event = self._find(session, event_id)
+        self._events(session).remove(event)
+        return {"deleted": event_id}
+
+    async def verify(self, row: VerifyRequest, session: Session) -> dict:
+        """reward = (goals met / goals) x (constraints kept / 3) over the session's final calendar."""
+        initial = row.extra.get("calendar")
+        goals = row.extra.get("goals")
+        if not isinstance(initial, list) or not isinstance(goals, list) or not goals:
+            raise ValueError("a calendar row needs `calendar` and a non-empty `goals` list")
+        final = session.state.get("events", copy.deepcopy(initial))
+        return grade(goals, initial, final, session.state.get("touched", set()))
+
+
+def _validate_times(day: str, start: str, end: str) -> str:
+    try:
+        day = check_day(day)
+        if minutes(end) <= minutes(start):
+            raise ValueError(f"end {end!r} must be after start {start!r} on the same day")
+    except ValueError as err:
+        raise ToolError(str(err)) from None
+    return day
+
+
+def _clashes(event: dict, events: list[dict]) -> list[str]:
+    return [b if a == event["id"] else a for a, b in conflicts(events) if event["id"] in (a, b)]

@@ -1,0 +1,107 @@
+"""Multi-step tools: answer a question that needs several lookups, then submit the answer through a tool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from servers.resources import ResourcesServer, Session, TaskRow, ToolError, VerifyRequest, tool
+
+MAX_ANSWER_CHARS = 200
+
+
+class MultiStepTools(ResourcesServer):
+    """A company directory (seeded from the row) behind three lookup tools and `submit_answer`."""
+
+    async def seed(self, row: TaskRow, session: Session) -> None:
+        """Load the row's `database` into the session; no calls or submission yet."""
+        database = row.extra.get("database")
+        if not isinstance(database, dict):
+            raise ValueError("a multi_step_tools row needs a `database` with `employees` and `departments`")
+        session.state.update(database=database, calls=[], submitted=None)
+
+    def _db(self, session: Session, name: str, args: dict[str, Any]) -> dict:
+        if "database" not in session.state:
+            raise ToolError("no task is loaded for this session: call /seed_session with the task row first")
+        session.state["calls"].append({"tool": name, **args})
+        return session.state["database"]
+
+    @tool
+    async def find_employee(self, session: Session, name: str) -> dict:
+        """Find an employee by full name.
+
+        Args:
+            name: the employee's full name, e.g. "Ada Okafor"
+        """
+        wanted = name.strip().lower()
+        for person in self._db(session, "find_employee", {"name": name})["employees"]:
+            if person["name"].lower() == wanted:
+                return {"employee_id": person["id"], "name": person["name"], "department_id": person["department_id"]}
+        raise ToolError(f"no employee named {name[:100]!r}")
+
+    @tool
+    async def get_employee(self, session: Session, employee_id: str) -> dict:
+        """Get an employee's record by id.
+
+        Args:
+            employee_id: the id returned by find_employee or get_department, e.g. "E3"
+        """
+        for person in self._db(session, "get_employee", {"employee_id": employee_id})["employees"]:
+            if person["id"] == employee_id:
+                return {"employee_id": person["id"], "name": person["name"], "department_id": person["department_id"],
+                        "title": person["title"]}
+        raise ToolError(f"no employee with id {employee_id[:100]!r}")
+
+    @tool
+    async def get_department(self, session: Session, department_id: str) -> dict:
+        """Get a department by id: its name, budget in dollars and manager's employee id.
+
+        Args:
+            department_id: the department id, e.g. "D2"
+        """
+        for department in self._db(session, "get_department", {"department_id": department_id})["departments"]:
+            if department["id"] == department_id:
+                return {"department_id": department["id"], "name": department["name"],
+                        "budget": department["budget"], "manager_id": department["manager_id"]}
+        raise ToolError(f"no department with id {department_id[:100]!r}")
+
+    @tool
+    async def submit_answer(self, session: Session, answer: str) -> dict:
+        """Submit the final answer to the question. Only the first submission counts.
+
+        Args:
+            answer: the answer, e.g. "120000" or "Ada Okafor"
+        """
+        self._db(session, "submit_answer", {"answer": answer[:MAX_ANSWER_CHARS]})
+        if session.state["submitted"] is not None:
+            return {"status": "ignored: an answer was already submitted"}
+        session.state["submitted"] = answer[:MAX_ANSWER_CHARS]
+        return {"status": "recorded"}
+
+    async def verify(self, row: VerifyRequest, session: Session) -> dict:
+        """Reward 1 when the first submitted answer equals `expected_answer`, else 0 (text answers do not count)."""
+        if "expected_answer" not in row.extra:
+            raise ValueError("a multi_step_tools row needs an `expected_answer`")
+        submitted = session.state.get("submitted")
+        calls = session.state.get("calls", [])
+        correct = submitted is not None and answers_equal(submitted, row.extra["expected_answer"])
+        return {
+            "reward": float(correct),
+            "submitted": submitted is not None,
+            "submitted_answer": submitted,
+            "lookups": sum(1 for c in calls if c["tool"] != "submit_answer"),
+            "tool_calls": [c["tool"] for c in calls][:50],
+        }
+
+
+def answers_equal(given: str, expected: Any) -> bool:
+    """Numbers compare as numbers ("$120,000" == 120000); text case- and space-insensitively."""
+    text = given.strip().strip(".").strip()
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        digits = text.replace(",", "").replace("$", "").replace("_", "").strip()
+        if len(digits) > 30:
+            return False
+        try:
+            return float(digits) == float(expected)
+        except ValueError:
+            return False
+    return " ".join(text.lower().split()) == " ".join(str(expected).lower().split())
