@@ -72,7 +72,7 @@ def test_unusable_tool_schema_is_a_422_naming_the_field(policy, properties, fiel
     ("{not json", "metadata.extra_body must be a JSON object as a string; it is not JSON"),
     ('{"messages": []}', "messages may not be set by metadata.extra_body"),
     ('{"tools": 5, "temperature": 1}', "temperature, tools may not be set"),
-    ('{"n": 2}', "metadata.extra_body: n: Input should be 1"),
+    ('{"n": 0}', "metadata.extra_body: n: Input should be greater than or equal to 1"),
 ])
 def test_bad_extra_body_is_a_422_naming_it(policy, extra_body, message) -> None:
     body = {"input": "hi", "temperature": 0.5, "tools": [WEATHER], "metadata": {"extra_body": extra_body}}
