@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 .PHONY: install test test-all reliability demo bench clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "gym-rl needs Python 3.11 or newer; run e.g. make PYTHON=python3.11 $(MAKECMDGOALS)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first and pinned: the local CPU build, never the multi-GB CUDA wheels.
@@ -22,7 +24,7 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
 
-# The fault, bad-input, fuzz and soak suites in full (about 20 minutes; the soak alone holds load 10 minutes),
+# The fault, bad-input, edge-probe, fuzz and soak suites in full (about 20 minutes; the soak alone holds load 10 minutes),
 # then docs/reliability.md rewritten from the results. Their short forms run in `make test`.
 reliability: $(STAMP)
 	$(BIN)/python scripts/reliability.py

@@ -23,8 +23,17 @@ from typing import Any
 
 import httpx
 
-from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, close_client, get_client
-from gym_core.config import ConfigError
+from gym_core.auth import AuthError
+from gym_core.client import (
+    DEFAULT_REGISTRY_URL,
+    REGISTRY_URL_ENV,
+    ServerError,
+    ServiceClient,
+    close_client,
+    get_client,
+    parse_json,
+)
+from gym_core.config import ConfigError, secret_overrides
 from gym_core.launcher import LaunchError, format_table, launch
 
 REGISTRY_HELP = f"registry URL (default: ${REGISTRY_URL_ENV}, else {DEFAULT_REGISTRY_URL})"
@@ -39,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (ConfigError, LaunchError, OSError) as exc:
+    except (ConfigError, LaunchError, AuthError, OSError) as exc:
         print(f"gym {args.command}: {exc}", file=sys.stderr)
         return 1
 
@@ -131,14 +140,25 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM takes the same clean-stop path as Ctrl-C
 
 
+def _refuse_secret_overrides(command: str, overrides: list[str]) -> None:
+    """A literal secret in an override would sit in this process's command line, readable by every local user."""
+    keys = secret_overrides(overrides)
+    if keys:
+        raise ConfigError(f"{', '.join(keys)}: a secret on the command line is visible to every user of this "
+                          "machine (ps); export it and pass it by name instead, quoted: "
+                          f"gym {command} ... '{keys[0]}=${{env:MY_SECRET}}' (or write it in the YAML the same way)")
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     """`gym up`: start everything, print the table, block until stopped."""
+    _refuse_secret_overrides("up", args.overrides)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with launch(args.config, args.overrides, registry_port=args.registry_port,
                     start_timeout=args.start_timeout) as stack:
             print(stack.table())
-            print(f"registry: {stack.registry_url}   (`gym status`, `gym down` or Ctrl-C to stop)", flush=True)
+            print(f"registry: {stack.registry_url}   (`gym status`, `gym down` or Ctrl-C to stop)")
+            print(f"stack token: in {stack.token_file} (clients started by `gym` read it themselves)", flush=True)
             dead = stack.wait()
             if dead is not None:
                 print(f"gym up: server '{dead.name}' {stack.failure}; stopping all (see `restart:` in "
@@ -150,16 +170,30 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_client(registry: str) -> ServiceClient:
+    """The command's one client: the project's ServiceClient (stack token, timeouts), one try per call: a
+    short-lived command reports a missing registry at once instead of retrying."""
+    return ServiceClient(registry_url=registry, timeout=3.0, max_tries=1)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """`gym status`: the registry's servers and whether each answers GET /health."""
     registry = _registry_url(args)
+
+    async def status() -> list[list[str]]:
+        client = _cli_client(registry)
+        try:
+            servers = parse_json(await client.get(registry, "/servers"), "registry")
+            health = await asyncio.gather(*(_health(client, s["url"]) for s in servers))
+            return [[s["name"], s["kind"], s["url"], str(s["pid"]), h, str(s.get("restarts", 0))]
+                    for s, h in zip(servers, health, strict=True)]
+        finally:
+            await client.aclose()
+
     try:
-        with httpx.Client(timeout=3.0, trust_env=False) as http:
-            servers = http.get(f"{registry}/servers").raise_for_status().json()
-            rows = [[s["name"], s["kind"], s["url"], str(s["pid"]), _health(http, s["url"]), str(s.get("restarts", 0))]
-                    for s in servers]
-    except httpx.HTTPError as exc:
-        print(f"gym status: no registry answering at {registry} ({type(exc).__name__}); is `gym up` running? "
+        rows = asyncio.run(status())
+    except (httpx.HTTPError, ServerError) as exc:
+        print(f"gym status: no registry answering at {registry} ({_brief(exc)}); is `gym up` running? "
               f"Pass --registry or set {REGISTRY_URL_ENV}", file=sys.stderr)
         return 1
     print(format_table(["NAME", "KIND", "URL", "PID", "HEALTH", "RESTARTS"], rows) if rows else "no servers registered")
@@ -167,33 +201,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _health(http: httpx.Client, url: str) -> str:
+async def _health(client: ServiceClient, url: str) -> str:
     try:
-        return "ok" if http.get(f"{url}/health").status_code == 200 else "failing"
+        return "ok" if (await client.get(url, "/health")).status_code == 200 else "failing"
     except httpx.HTTPError:
         return "unreachable"
+
+
+def _brief(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, ServerError) else type(exc).__name__
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     """`gym down`: ask the launcher behind the registry to stop, and wait until the registry is gone."""
     registry = _registry_url(args)
-    with httpx.Client(timeout=3.0, trust_env=False) as http:
+
+    async def down() -> int:
+        client = _cli_client(registry)
         try:
-            http.post(f"{registry}/shutdown").raise_for_status()
-        except httpx.HTTPError as exc:
-            print(f"gym down: no registry answering at {registry} ({type(exc).__name__}); nothing to stop",
-                  file=sys.stderr)
-            return 1
-        deadline = time.monotonic() + args.timeout
-        while time.monotonic() < deadline:
             try:
-                http.get(f"{registry}/health")
-            except httpx.TransportError:
-                print("gym down: stopped")
-                return 0
-            time.sleep(0.2)
-    print(f"gym down: still running after {args.timeout:g}s; check `gym status`", file=sys.stderr)
-    return 1
+                parse_json(await client.post(registry, "/shutdown", {}), "registry")
+            except (httpx.HTTPError, ServerError) as exc:
+                print(f"gym down: no registry answering at {registry} ({_brief(exc)}); nothing to stop",
+                      file=sys.stderr)
+                return 1
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                try:
+                    await client.get(registry, "/health")
+                except httpx.TransportError:
+                    print("gym down: stopped")
+                    return 0
+                await asyncio.sleep(0.2)
+        finally:
+            await client.aclose()
+        print(f"gym down: still running after {args.timeout:g}s; check `gym status`", file=sys.stderr)
+        return 1
+
+    return asyncio.run(down())
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -213,6 +258,7 @@ def _rollout(args: argparse.Namespace) -> int:
         return 2
     if args.config is None:
         return _collect(args, _registry_url(args))
+    _refuse_secret_overrides("rollout", args.overrides)
     signal.signal(signal.SIGTERM, _interrupt)
     with launch(args.config, args.overrides, registry_port=0, echo_logs=False) as stack:
         if args.agent not in stack.servers:

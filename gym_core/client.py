@@ -7,7 +7,8 @@ it arrives (`aiter_bytes`, `aiter_lines`, or `aiter_sse` for server-sent events)
 requests in flight, and its request pipeline costs about 2.5x aiohttp's CPU per call even over the
 `httpx-aiohttp` transport (benchmarks/README.md, "Client transport"). Cookies are never stored: one client
 serves many rollouts, so a rollout's session travels explicitly in each call's headers (`X-Session-Id`,
-or a NeMo Gym cookie).
+or a NeMo Gym cookie). The stack token (`gym_core.auth`) goes to the registry and to the servers the registry
+named, never to other URLs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 import aiohttp
 import httpx
 
+from gym_core.auth import bearer, find_token
 from gym_core.protocol import dumps, loads
 
 log = logging.getLogger(__name__)
@@ -196,8 +198,12 @@ class ServiceClient:
         timeout: float = DEFAULT_TIMEOUT,
         max_tries: int = MAX_TRIES,
         max_connections: int | None = None,
+        auth_token: str | None = None,
     ) -> None:
         self.registry_url = (registry_url or os.environ.get(REGISTRY_URL_ENV) or DEFAULT_REGISTRY_URL).rstrip("/")
+        # The stack token: given, or found from the environment / the registry's token file on first use.
+        self._auth: dict[str, str] | None = bearer(auth_token) if auth_token else None
+        self._trusted = {self.registry_url}  # base URLs the token may go to: the registry and what it named
         self.timeout = timeout
         self.max_tries = max_tries
         # One pool for every host; no per-host cap, since a client must not throttle a batching policy server.
@@ -249,10 +255,10 @@ class ServiceClient:
         """Send one request; connection failures are retried with backoff up to `max_tries`, nothing else is."""
         limit = self.timeout if timeout is None else timeout
 
-        async def send(url: str) -> httpx.Response:
-            return await self._send(method, url, content, headers, limit)
+        async def send(url: str, sent_headers: dict[str, str] | None) -> httpx.Response:
+            return await self._send(method, url, content, sent_headers, limit)
 
-        return await self._with_retries(method, server, path, limit, send)
+        return await self._with_retries(method, server, path, limit, headers, send)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -269,12 +275,12 @@ class ServiceClient:
         body = None if json is None else dumps(json)
         all_headers = _with_json_type(headers) if body is not None else headers
 
-        async def open_reply(url: str) -> tuple[aiohttp.ClientResponse, str]:
-            reply = await self.session.request(method, url, data=body, headers=all_headers,
+        async def open_reply(url: str, sent_headers: dict[str, str] | None) -> tuple[aiohttp.ClientResponse, str]:
+            reply = await self.session.request(method, url, data=body, headers=sent_headers,
                                                timeout=aiohttp.ClientTimeout(total=limit), allow_redirects=False)
             return reply, url
 
-        reply, url = await self._with_retries(method, server, path, limit, open_reply)
+        reply, url = await self._with_retries(method, server, path, limit, all_headers, open_reply)
         request = _request(method, url)
         stream = _ReplyStream(reply, request, limit)
         try:
@@ -283,12 +289,16 @@ class ServiceClient:
             await stream.aclose()
 
     async def _with_retries(self, method: str, server: str, path: str, limit: float,
-                            send: Callable[[str], Awaitable[T]]) -> T:
-        """`send(url)`, retrying connection failures only; aiohttp's errors raised as httpx's."""
+                            headers: dict[str, str] | None,
+                            send: Callable[[str, dict[str, str] | None], Awaitable[T]]) -> T:
+        """`send(url, headers)`, the stack token added for trusted servers, retrying connection failures only;
+        aiohttp's errors raised as httpx's."""
         for attempt in range(1, self.max_tries + 1):
-            url = await self.url_of(server) + _slash(path)
+            base = await self.url_of(server)
+            url = base + _slash(path)
+            sent_headers = self._with_token(headers) if base in self._trusted else headers
             try:
-                return await send(url)
+                return await send(url, sent_headers)
             except TimeoutError as exc:
                 raise CallTimeout(
                     f"{method} {url} (server {server!r}) got no response within {limit:g} s; "
@@ -320,6 +330,14 @@ class ServiceClient:
             body = await reply.read()
         return _buffered_response(reply.status, reply.raw_headers, body, _request(method, url))
 
+    def _with_token(self, headers: dict[str, str] | None) -> dict[str, str] | None:
+        """`headers` plus the stack token, unless the caller set its own Authorization."""
+        if self._auth is None:
+            self._auth = bearer(find_token(self.registry_url))
+        if not self._auth or (headers and any(key.lower() == "authorization" for key in headers)):
+            return headers
+        return {**headers, **self._auth} if headers else self._auth
+
     async def _backoff(self, server: str, attempt: int) -> None:
         # A refused connection may mean the server moved (restarted on a new port): look its name up again.
         self._urls.pop(server, None)
@@ -342,7 +360,7 @@ class ServiceClient:
     async def _lookup(self, server: str) -> str:
         registry = self.registry_url
         try:
-            response = await self._send("GET", f"{registry}/servers/{server}", None, None, 10.0)
+            response = await self._send("GET", f"{registry}/servers/{server}", None, self._with_token(None), 10.0)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise ServerUnreachable(
                 f"cannot reach the registry at {registry} to look up server {server!r} ({exc or 'timed out'}); "
@@ -356,11 +374,13 @@ class ServiceClient:
         body = parse_json(response, "registry")
         url = str(body["url"]).rstrip("/")
         self._urls[server] = url
+        self._trusted.add(url)
         return url
 
     async def _known_hint(self) -> str:
         try:
-            entries = loads((await self._send("GET", f"{self.registry_url}/servers", None, None, 5.0)).content)
+            reply = await self._send("GET", f"{self.registry_url}/servers", None, self._with_token(None), 5.0)
+            entries = loads(reply.content)
             names = sorted(e["name"] for e in entries)
         except Exception:  # the hint is best effort; the lookup error itself is what matters
             return ""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 
 Kind = Literal["policy", "resources", "agent"]
 KINDS: tuple[str, ...] = ("policy", "resources", "agent")
@@ -38,6 +38,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _OVERRIDE_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _INTERP_RE = re.compile(r"\$\{([^${}]*)\}")
 _ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?$")
+# Keys whose values are credentials: kept off command lines, and the variables that fed them out of children.
+_SECRET_KEY_RE = re.compile(r"(^|[_-])(api_?key|key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
 
 Path_ = tuple[str, ...]
 
@@ -78,11 +80,21 @@ class ServerSpec(BaseModel):
 
 
 class GymConfig(BaseModel):
-    """A whole launch config. Top-level keys other than `servers` are free variables for `${...}`."""
+    """A whole launch config. Top-level keys other than these are free variables for `${...}`."""
 
     model_config = ConfigDict(extra="allow")
 
     servers: dict[str, ServerSpec]
+    # admin: the stack token guards the admin routes (registry changes, weight updates); required: every route
+    # of every server but /health.
+    auth: Literal["admin", "required"] = "admin"
+    auth_token: SecretStr | None = None  # default: $GYM_AUTH_TOKEN, else a random token per `gym up`
+    _secret_env: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @property
+    def secret_env_vars(self) -> frozenset[str]:
+        """Environment variables whose values went into a secret-looking key (`${env:VAR}` in `api_key:`...)."""
+        return self._secret_env
 
     def of_kind(self, kind: str) -> list[str]:
         """Names of the servers of one kind, in config order."""
@@ -102,8 +114,30 @@ def load_config(source: str | Path | Mapping[str, Any] | GymConfig, overrides: S
     for text in overrides:
         keys, value = parse_override(text)
         _set_path(data, keys, value, f"override '{text}'", origins)
-    data = _Interpolator(data, origins).resolve()
-    return _validate(data, origins)
+    interpolator = _Interpolator(data, origins)
+    data = interpolator.resolve()
+    config = _validate(data, origins)
+    inherited = source.secret_env_vars if isinstance(source, GymConfig) else frozenset()
+    config._secret_env = inherited | {var for path, var in interpolator.env_refs if looks_secret(path[-1])}
+    return config
+
+
+def looks_secret(key: str) -> bool:
+    """Whether a config key names a credential (api_key, auth_token, password, ...)."""
+    return bool(_SECRET_KEY_RE.search(key))
+
+
+def secret_overrides(overrides: Sequence[str]) -> list[str]:
+    """The dotted keys of overrides that put a literal credential on the command line (not `${env:VAR}`)."""
+    found = []
+    for text in overrides:
+        keys, value = parse_override(text)
+        if not looks_secret(keys[-1]) or value in (None, ""):
+            continue
+        if isinstance(value, str) and _INTERP_RE.fullmatch(value.strip()):
+            continue
+        found.append(".".join(keys))
+    return found
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -229,6 +263,7 @@ class _Interpolator:
         self.data = data
         self.origins = origins
         self.active: list[Path_] = []  # references being resolved right now, to report cycles
+        self.env_refs: list[tuple[Path_, str]] = []  # (key, variable) of each ${env:VAR} resolved
 
     def resolve(self) -> dict:
         """Return a copy of the data with every interpolation replaced."""
@@ -260,6 +295,8 @@ class _Interpolator:
         if colon and scheme == "env":
             var, comma, default = rest.partition(",")
             var = var.strip()
+            if path:
+                self.env_refs.append((path, var))
             if var in os.environ:
                 return os.environ[var]
             if comma:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import select
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from gym_core.limits import BoundedHttpToolsProtocol
 
 DEFAULT_KEEP_ALIVE_S = 30.0  # longer than our client keeps idle connections (gym_core.client, 15 s)
 
 
-class StallSafeHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, except that an expiring keep-alive never drops a request already received.
+class StallSafeHttpProtocol(BoundedHttpToolsProtocol):
+    """Our httptools protocol (bounded request head), whose expiring keep-alive never drops a request received.
 
     A process stopped longer than its keep-alive (SIGSTOP, swap, a blocked loop) meanwhile receives requests on
     its idle connections; the kernel holds them. A busy loop is usually stopped while it dispatches socket

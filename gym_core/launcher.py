@@ -11,6 +11,12 @@ server that exits is restarted per its `restart:` policy (gym_core/supervisor.py
 when a stop is requested or a server's policy gives up. On leaving the block (normally, on an exception
 or on Ctrl-C) every process gets SIGTERM, then SIGKILL after a grace period. A server that exits or hangs
 during start raises LaunchError with its last log lines.
+
+The stack token (`gym_core.auth`) is the config's `auth_token`, else $GYM_AUTH_TOKEN, else drawn at random; it is
+written to a file only the user can read, and `stack.auth.headers()` gives the header a client sends. Each
+server's config reaches it through a pipe on its stdin, never its environment or command line, and the
+environment variables that fed a secret-looking key (`api_key: ${env:OPENAI_API_KEY}`) are left out of the
+servers' environments.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from typing import IO
 
 import httpx
 
+from gym_core.auth import AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, StackAuth, new_token, remove_token, write_token
 from gym_core.client import REGISTRY_URL_ENV
 from gym_core.config import GymConfig, load_config
 from gym_core.registry import Registry, RegistryService
-from gym_core.serve import SERVER_NAME_ENV, SERVER_SPEC_ENV
 from gym_core.supervisor import Supervisor
 
 START_TIMEOUT_S = 60.0
@@ -73,6 +79,16 @@ class ServerProcess:
         return "\n".join(f"    {line}" for line in recent)
 
 
+@dataclass(frozen=True)
+class StackEnv:
+    """What every server process of a stack is started with."""
+
+    registry_url: str
+    token_file: Path
+    auth_required: bool
+    environ: dict[str, str] = field(repr=False)  # the launcher's environment minus the secrets it delivers itself
+
+
 @dataclass
 class Stack:
     """A running set of servers and the registry that knows them."""
@@ -81,6 +97,8 @@ class Stack:
     registry_url: str
     servers: dict[str, ServerProcess]
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
+    auth: StackAuth = field(default_factory=StackAuth)  # the stack token; `auth.headers()` for a client
+    token_file: Path | None = None
     # The server whose restart policy gave up, and why; `wait()` hands it over once.
     failed: ServerProcess | None = field(default=None, repr=False)
     failure: str = ""
@@ -135,19 +153,23 @@ def launch(
     resolved = load_config(config, overrides)
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
-    service = RegistryService(Registry(on_shutdown=stop.set), registry_port)
+    auth = StackAuth(_stack_token(resolved), required=resolved.auth == "required")
+    service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port)
+    token_file: Path | None = None
     supervisor: Supervisor | None = None
     try:
         service.start()
+        token_file = write_token(service.url, auth.token or "")
+        env = StackEnv(service.url, token_file, auth.required, _server_environ(resolved))
         width = max(len(name) for name in resolved.servers)
         for name, spec in resolved.servers.items():
-            processes[name] = ServerProcess(name, spec.kind, _spawn(name, spec.block(), service.url))
+            processes[name] = ServerProcess(name, spec.kind, _spawn(name, spec.block(), env))
             _read_output(processes[name], echo_logs, width)
         _wait_until_healthy(processes, service.registry, start_timeout)
-        stack = Stack(resolved, service.url, processes, stop)
+        stack = Stack(resolved, service.url, processes, stop, auth, token_file)
 
         def respawn(server: ServerProcess) -> None:
-            server.process = _spawn(server.name, resolved.servers[server.name].block(), service.url)
+            server.process = _spawn(server.name, resolved.servers[server.name].block(), env)
             _read_output(server, echo_logs, width)
 
         policies = {name: spec.restart for name, spec in resolved.servers.items()}
@@ -159,16 +181,35 @@ def launch(
             supervisor.stop()  # first, so nothing is restarted while the stack stops
         stop_processes(list(processes.values()), stop_grace)
         service.stop()
+        if token_file is not None:
+            remove_token(token_file)
 
 
-def _spawn(name: str, block: dict, registry_url: str) -> subprocess.Popen:
-    """Start one `python -m gym_core.serve` in its own process group."""
-    env = {**os.environ, SERVER_NAME_ENV: name, SERVER_SPEC_ENV: json.dumps(block),
-           REGISTRY_URL_ENV: registry_url, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "gym_core.serve"], env=env, stdin=subprocess.DEVNULL,
+def _stack_token(config: GymConfig) -> str:
+    if config.auth_token is not None:
+        return config.auth_token.get_secret_value()
+    return os.environ.get(AUTH_TOKEN_ENV) or new_token()
+
+
+def _server_environ(config: GymConfig) -> dict[str, str]:
+    """The launcher's environment without the secrets servers get another way (their config, the token file)."""
+    dropped = {AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, *config.secret_env_vars}
+    return {key: value for key, value in os.environ.items() if key not in dropped}
+
+
+def _spawn(name: str, block: dict, stack: StackEnv) -> subprocess.Popen:
+    """Start one `python -m gym_core.serve` in its own process group, its config piped to its stdin."""
+    env = {**stack.environ, REGISTRY_URL_ENV: stack.registry_url, AUTH_TOKEN_FILE_ENV: str(stack.token_file),
+           "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gym_core.serve"], env=env, stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True,
     )
+    assert process.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a server that died at import says why in its log
+        with process.stdin:
+            process.stdin.write(json.dumps({"name": name, "spec": block, "auth_required": stack.auth_required}))
+    return process
 
 
 def _read_output(server: ServerProcess, echo: bool, width: int) -> None:
@@ -195,7 +236,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
     """Return once every server registered and answers GET /health; LaunchError if one dies or hangs."""
     deadline = time.monotonic() + timeout
     pending = dict(processes)
-    with httpx.Client(timeout=2.0) as http:
+    with httpx.Client(timeout=2.0, headers=registry.auth.headers(), trust_env=False) as http:
         while pending:
             for name, server in list(pending.items()):
                 code = server.process.poll()

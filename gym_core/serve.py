@@ -1,9 +1,11 @@
-"""Run one server: `python -m gym_core.serve`, configured by the launcher through the environment.
+"""Run one server: `python -m gym_core.serve`, configured by the launcher through a pipe on its stdin.
 
-GYM_SERVER_NAME is the instance name, GYM_SERVER_SPEC the JSON of its resolved config block,
-GYM_REGISTRY_URL where to register. The process binds 127.0.0.1:0 itself (no pick-then-bind race),
-serves the app with uvicorn on that socket, registers its URL once it accepts connections, and
-deregisters when it stops (SIGTERM or SIGINT: graceful shutdown, exit code 0).
+The launcher writes one JSON object, `{"name", "spec", "auth_required"}` (the instance name, its resolved config
+block, and whether every route needs the stack token), then closes the pipe: the config, secrets included, never
+appears in the process's environment or command line. GYM_REGISTRY_URL says where to register, and
+GYM_AUTH_TOKEN_FILE names the file holding the stack token (only its path is in the environment). The process
+binds 127.0.0.1:0 itself (no pick-then-bind race), serves the app with uvicorn on that socket, registers its URL
+once it accepts connections, and deregisters when it stops (SIGTERM or SIGINT: graceful shutdown, exit code 0).
 """
 
 from __future__ import annotations
@@ -16,18 +18,16 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import IO, Any
 
 import httpx
 from pydantic import ValidationError
 
-from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV
+from gym_core.auth import AUTH_TOKEN_FILE_ENV, AuthError, StackAuth, find_token
+from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, ServerError, close_client, get_client
 from gym_core.keepalive import DEFAULT_KEEP_ALIVE_S
 from gym_core.server import GymServer, bind_socket, uvicorn_server
 
-SERVER_NAME_ENV = "GYM_SERVER_NAME"
-SERVER_SPEC_ENV = "GYM_SERVER_SPEC"
-REGISTER_ATTEMPTS = 5
 GC_YOUNG_THRESHOLD = 50_000
 
 
@@ -82,18 +82,9 @@ def build_server(name: str, spec: dict[str, Any]) -> GymServer:
         raise ServeError("invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-async def _post_registry(registry_url: str, path: str, body: dict[str, Any], attempts: int) -> None:
-    """POST to the registry with a timeout, retrying only connection failures, a bounded number of times."""
-    async with httpx.AsyncClient(base_url=registry_url, timeout=5.0) as client:
-        for attempt in range(attempts):
-            try:
-                response = await client.post(path, json=body)
-                response.raise_for_status()
-                return
-            except httpx.TransportError:
-                if attempt == attempts - 1:
-                    raise
-                await asyncio.sleep(0.2 * 2**attempt)
+async def _post_registry(registry_url: str, path: str, body: dict[str, Any]) -> None:
+    """POST to the registry with the process's one client (timeout, bounded retries, the stack token)."""
+    await get_client().post_json(registry_url, path, body, timeout=5.0)
 
 
 async def _serve(uv: Any, sock: Any) -> int:
@@ -113,10 +104,15 @@ async def _stop_when_orphaned(uv: Any) -> None:
     uv.should_exit = True
 
 
-async def run(server: GymServer, registry_url: str) -> None:
-    """Serve `server` on a fresh 127.0.0.1 port until SIGTERM/SIGINT, registered for exactly that time."""
-    sock = bind_socket("127.0.0.1", 0)
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+async def run(server: GymServer, registry_url: str, host: str = "127.0.0.1") -> None:
+    """Serve `server` on a fresh port of `host` until SIGTERM/SIGINT, registered for exactly that time.
+
+    Bound beyond loopback (`host` 0.0.0.0 or a LAN address, as a cluster placement does), every route but /health
+    needs the stack token, whatever `auth:` says.
+    """
+    server.auth = server.auth.for_host(host)
+    sock = bind_socket(host, 0)
+    url = f"http://{host}:{sock.getsockname()[1]}"
     uv = uvicorn_server(server.build_app(), log_level=os.environ.get("GYM_LOG_LEVEL", "info"),
                         timeout_graceful_shutdown=5,
                         timeout_keep_alive=getattr(server.config, "keep_alive_s", DEFAULT_KEEP_ALIVE_S))
@@ -137,8 +133,8 @@ async def run(server: GymServer, registry_url: str) -> None:
         raise ServeError(f"the server's startup failed (exit code {serving.result()}); its error is logged above")
     info = {"name": server.name, "kind": server.kind, "url": url, "pid": os.getpid()}
     try:
-        await _post_registry(registry_url, "/register", info, REGISTER_ATTEMPTS)
-    except httpx.HTTPError as exc:
+        await _post_registry(registry_url, "/register", info)
+    except (httpx.HTTPError, ServerError) as exc:
         uv.should_exit = True
         await serving
         raise ServeError(f"could not register with the registry at {registry_url}: {exc!r}") from None
@@ -147,8 +143,9 @@ async def run(server: GymServer, registry_url: str) -> None:
         await serving
     finally:
         watchdog.cancel()
-        with contextlib.suppress(httpx.HTTPError):  # the registry may be gone already: nothing left to tell
-            await _post_registry(registry_url, "/deregister", {"name": server.name}, 1)
+        with contextlib.suppress(httpx.HTTPError, ServerError):  # the registry may be gone: nothing left to tell
+            await _post_registry(registry_url, "/deregister", {"name": server.name})
+        await close_client()
 
 
 def _loop_factory() -> Any:
@@ -160,22 +157,37 @@ def _loop_factory() -> Any:
     return uvloop.new_event_loop
 
 
+def read_launch_request(stream: IO[str]) -> tuple[str, dict[str, Any], bool]:
+    """(name, config block, auth_required) from the launcher's JSON on `stream`."""
+    if stream.isatty():
+        raise ServeError("gym_core.serve is started by the launcher (`gym up`), which pipes its config on stdin: "
+                         'echo \'{"name": "weather", "spec": {"kind": "resources", "env": "weather"}}\' | '
+                         "python -m gym_core.serve")
+    try:
+        request = json.loads(stream.read())
+        return str(request["name"]), dict(request["spec"]), bool(request.get("auth_required", False))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ServeError(f"stdin must hold one JSON object with `name` and `spec` ({exc!r})") from None
+
+
 def main() -> None:
     """Entry point of `python -m gym_core.serve`."""
-    name = os.environ.get(SERVER_NAME_ENV)
-    spec_json = os.environ.get(SERVER_SPEC_ENV)
-    if not name or not spec_json:
-        sys.exit(f"gym_core.serve is started by the launcher (`gym up`): set {SERVER_NAME_ENV} and {SERVER_SPEC_ENV}")
+    name = "gym_core.serve"
     registry_url = os.environ.get(REGISTRY_URL_ENV, DEFAULT_REGISTRY_URL)
     # Thousands of requests in flight keep many young objects alive; collecting them every 700 allocations
     # (Python's default) promotes and re-scans them, a cost per request that grows with concurrency: -25-35%
     # CPU per rollout at 1,024 in flight (benchmarks/README.md, "Real-model path").
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
     try:
-        server = build_server(name, json.loads(spec_json))
+        name, spec, auth_required = read_launch_request(sys.stdin)
+        sys.stdin.close()
+        server = build_server(name, spec)
+        server.auth = StackAuth(find_token(registry_url), required=auth_required)
+        if auth_required and server.auth.token is None:
+            raise ServeError(f"auth: required but no stack token: set {AUTH_TOKEN_FILE_ENV}")
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(run(server, registry_url))
-    except ServeError as exc:
+    except (ServeError, AuthError) as exc:
         sys.exit(f"{name}: {exc}")
 
 

@@ -1,26 +1,20 @@
-"""`GymServer`, the base of every server: health routes, JSON errors, a body-size limit, per-rollout sessions.
+"""`GymServer`, the base of every server: health routes, JSON errors, and the edge around its routes.
 
 A subclass sets `kind` and `config_model`, registers its routes in `add_routes`, and may override the
-`startup` / `shutdown` hooks. Sessions: our clients send `X-Session-Id`; NeMo Gym clients carry a signed
-cookie. Every response echoes the session id in both, so either kind of client keeps its rollout's state.
+`startup` / `shutdown` hooks. The edge (`gym_core.edge`) bounds every request and checks the stack token;
+sessions (`gym_core.sessions`) are issued and signed by the server, returned in the `X-Session-Id` header
+for our clients and in a cookie for NeMo Gym's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import functools
-import hmac
 import inspect
-import logging
-import re
 import socket
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
-import itsdangerous
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,23 +24,16 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
+from gym_core.auth import StackAuth
+from gym_core.edge import ADMIN_ROUTES, EdgeMiddleware, Receive, Scope, Send, body_refused_cause
 from gym_core.keepalive import DEFAULT_KEEP_ALIVE_S, StallSafeHttpProtocol
-from gym_core.protocol import ErrorBody, ErrorDetail, dumps
+from gym_core.responses import JSONResponse, error_response
+from gym_core.sessions import SESSION_HEADER, SessionRefused, SessionSigner, session_id_of, session_is_new
 
-log = logging.getLogger(__name__)
+__all__ = ["GymServer", "ServerConfig", "JSONResponse", "error_response", "SESSION_HEADER", "session_id_of",
+           "session_is_new", "describe_validation_error", "bind_socket", "uvicorn_server", "serve_in_background"]
 
-SESSION_HEADER = "X-Session-Id"
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-
-Scope = MutableMapping[str, Any]
-ASGIMessage = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[ASGIMessage]]
-Send = Callable[[ASGIMessage], Awaitable[None]]
-
-_ERROR_TYPES = {
-    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
-    409: "conflict", 413: "payload_too_large", 422: "invalid_request", 429: "rate_limited", 503: "unavailable",
-}
 
 
 class ServerConfig(BaseModel):
@@ -58,37 +45,13 @@ class ServerConfig(BaseModel):
     entrypoint: str | None = None
     env: str | None = None
     impl: str | None = None
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)  # the longest wait for the next chunk of a request body
     # Seconds an idle connection stays open; longer than clients keep theirs (gym_core.client, 15 s).
     keep_alive_s: float = Field(DEFAULT_KEEP_ALIVE_S, gt=0)
-    # Signs the session cookie; only needs to agree between workers of one server, never logged.
-    session_secret: str | None = None
-
-
-class JSONResponse(Response):
-    """A JSON response rendered with orjson; pydantic models dump only their set fields (rows pass intact)."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        """Serialize the content with `protocol.dumps`."""
-        return dumps(content)
-
-
-def error_response(status: int, message: str, error_type: str | None = None) -> JSONResponse:
-    """An `{"error": {"type", "message"}}` response."""
-    kind = error_type or _ERROR_TYPES.get(status, "http_error")
-    return JSONResponse(ErrorBody(error=ErrorDetail(type=kind, message=message)), status_code=status)
-
-
-def session_id_of(request: Request) -> str:
-    """The rollout session id: the `X-Session-Id` header, else the signed cookie's id, else a new id."""
-    state = request.scope.get("state") or {}
-    if "session_id" in state:
-        return state["session_id"]
-    session_id = request.headers.get(SESSION_HEADER) or uuid.uuid4().hex
-    request.scope.setdefault("state", {})["session_id"] = session_id
-    return session_id
+    # Signs session tokens; set it only when several workers of one server must accept each other's sessions.
+    # Unset, each start draws a random secret (never logged).
+    session_secret: str | None = Field(None, repr=False)
 
 
 class GymServer:
@@ -96,6 +59,10 @@ class GymServer:
 
     kind: ClassVar[str] = "server"
     config_model: ClassVar[type[BaseModel]] = ServerConfig
+    # Routes that need the stack token whenever the stack has one (auth: required makes it every route).
+    admin_routes: ClassVar[frozenset[tuple[str, str]]] = ADMIN_ROUTES
+    # The stack token as this server sees it; `gym_core.serve` sets it before `build_app()`.
+    auth: StackAuth = StackAuth()
 
     def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
         self.name = name
@@ -114,8 +81,12 @@ class GymServer:
     async def shutdown(self) -> None:
         """Run once at shutdown, also after a failed startup (close what startup opened)."""
 
+    def health(self) -> dict[str, Any]:
+        """The body of GET /health; subclasses may add details (e.g. session counts)."""
+        return {"status": "ok", "name": self.name, "kind": self.kind}
+
     def build_app(self) -> FastAPI:
-        """The FastAPI app: health routes, error bodies, size limit and sessions around `add_routes`."""
+        """The FastAPI app: health routes, error bodies, and the edge around `add_routes`."""
 
         @contextlib.asynccontextmanager
         async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -126,28 +97,34 @@ class GymServer:
                 await self.shutdown()
 
         app = GymApp(title=f"{self.kind}:{self.name}", lifespan=lifespan, default_response_class=JSONResponse)
-        health = {"status": "ok", "name": self.name, "kind": self.kind}
 
         @app.get("/health")
         @app.get("/")
         async def _health() -> JSONResponse:
-            return JSONResponse(health)
+            return JSONResponse(self.health())
 
         app.add_exception_handler(RequestValidationError, _validation_error)
         app.add_exception_handler(ValidationError, _validation_error)
         app.add_exception_handler(HTTPException, self._http_error)
+        app.add_exception_handler(SessionRefused, _session_refused)
         self.add_routes(app)
-        max_bytes = getattr(self.config, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES)
-        secret = getattr(self.config, "session_secret", None) or f"{type(self).__name__}___{self.name}"
-        edge = {"server_name": self.name, "max_request_bytes": max_bytes, "tokens": _SessionTokens(secret)}
+        edge = {
+            "server_name": self.name,
+            "max_request_bytes": getattr(self.config, "max_request_bytes", DEFAULT_MAX_REQUEST_BYTES),
+            "body_timeout_s": getattr(self.config, "body_timeout_s", 30.0),
+            "signer": SessionSigner(getattr(self.config, "session_secret", None)),
+            "auth": self.auth,
+            "admin_routes": frozenset(self.admin_routes),
+        }
         app.add_middleware(EdgeMiddleware, **edge)
         app.fast_edge = EdgeMiddleware(app.call_fast_endpoint, **edge)
         return app
 
     async def _http_error(self, request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
-        if isinstance(exc.__cause__, _BodyTooLarge):  # FastAPI wraps errors raised while it reads the body
-            return error_response(413, str(exc.__cause__))
+        refused = body_refused_cause(exc)  # FastAPI wraps errors raised while it reads the body
+        if refused is not None:
+            return error_response(refused.status, str(refused))
         if exc.status_code == 404 and exc.detail == "Not Found":
             message = f"server {self.name!r} has no route {request.method} {request.url.path}" + _routes_hint(request)
         elif exc.status_code == 405 and exc.detail == "Method Not Allowed":
@@ -158,6 +135,11 @@ class GymServer:
         if exc.headers:
             response.headers.update(exc.headers)
         return response
+
+
+async def _session_refused(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SessionRefused)
+    return error_response(exc.status, str(exc), "invalid_session")
 
 
 def _routes_hint(request: Request) -> str:
@@ -202,154 +184,6 @@ def _field_path(loc: Any) -> tuple[Any, ...]:
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, (RequestValidationError, ValidationError))
     return error_response(422, "invalid request: " + describe_validation_error(exc))
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _SessionTokens:
-    """Session cookie tokens, byte for byte what `itsdangerous.Signer(secret, salt="gym-session")` makes.
-
-    The HMAC runs through `hmac.digest` and recent ids' tokens are cached: a rollout's id is signed once per
-    server, and its later requests only compare (itsdangerous re-builds its HMAC objects on every call).
-    """
-
-    def __init__(self, secret: str) -> None:
-        self.key = itsdangerous.Signer(secret, salt="gym-session").derive_key()
-        self.token = functools.lru_cache(maxsize=16384)(self._sign)
-
-    def _sign(self, session_id: str) -> str:
-        mac = hmac.digest(self.key, session_id.encode(), "sha1")
-        return f"{session_id}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
-
-    def session_of(self, token: str) -> str | None:
-        """The session id a token signs, or None when its signature is not ours."""
-        session_id, dot, _ = token.rpartition(".")
-        if dot and hmac.compare_digest(token.encode(), self.token(session_id).encode()):
-            return session_id
-        return None
-
-
-# Session ids become header and cookie values: keep them to a charset that cannot smuggle cookie attributes.
-_SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
-
-
-class EdgeMiddleware:
-    """Pure-ASGI edge: body-size limit (413), session id in and out, and 500 bodies for unhandled bugs."""
-
-    def __init__(self, app: Any, *, server_name: str, max_request_bytes: int, tokens: _SessionTokens) -> None:
-        self.app = app
-        self.name = server_name
-        self.max_bytes = max_request_bytes
-        self.tokens = tokens
-        self.cookie = "gym_session_" + re.sub(r"[^A-Za-z0-9_]", "_", server_name)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = _header_map(scope)
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._send_error(send, 413, self._too_large_message(), None)
-            return
-        session_id, cookie_ok = self._session_of(headers)
-        if not _SESSION_ID.fullmatch(session_id):
-            message = f"{SESSION_HEADER} must be 1-200 characters of A-Z a-z 0-9 . _ : - (a uuid hex is typical)"
-            await self._send_error(send, 400, message, None)
-            return
-        scope.setdefault("state", {})["session_id"] = session_id
-        started = False
-
-        async def send_with_session(message: ASGIMessage) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                message["headers"] = list(message.get("headers", [])) + self._session_headers(session_id, cookie_ok)
-            await send(message)
-
-        try:
-            await self.app(scope, self._limited(receive), send_with_session)
-        except _BodyTooLarge as exc:
-            if not started:
-                await self._send_error(send_with_session, 413, str(exc), None)
-        except Exception as exc:
-            log.exception("server %r: unhandled error in %s %s", self.name, scope.get("method"), scope.get("path"))
-            if not started:
-                message = (
-                    f"server {self.name!r} failed on {scope.get('method')} {scope.get('path')} with "
-                    f"{type(exc).__name__} (a bug in the server; its log has the traceback)"
-                )
-                await self._send_error(send_with_session, 500, message, "internal_error")
-
-    def _limited(self, receive: Receive) -> Receive:
-        received = 0
-
-        async def receive_limited() -> ASGIMessage:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge(self._too_large_message())
-            return message
-
-        return receive_limited
-
-    def _too_large_message(self) -> str:
-        return (
-            f"request body exceeds the {self.max_bytes}-byte limit of server {self.name!r}; "
-            "raise max_request_bytes in its config or send less"
-        )
-
-    def _session_of(self, headers: dict[bytes, bytes]) -> tuple[str, bool]:
-        """(session id, whether the request already carries a valid cookie for exactly that id)."""
-        from_cookie = None
-        raw_cookie = headers.get(b"cookie")
-        if raw_cookie:
-            token = _cookie_value(raw_cookie.decode("latin-1"), self.cookie)
-            if token:
-                from_cookie = self.tokens.session_of(token)
-        header = headers.get(SESSION_HEADER.lower().encode())
-        if header:
-            session_id = header.decode("latin-1")
-            return session_id, session_id == from_cookie
-        if from_cookie:
-            return from_cookie, True
-        return uuid.uuid4().hex, False
-
-    def _session_headers(self, session_id: str, cookie_ok: bool) -> list[tuple[bytes, bytes]]:
-        out = [(SESSION_HEADER.lower().encode(), session_id.encode("latin-1"))]
-        if not cookie_ok:
-            token = self.tokens.token(session_id)
-            out.append((b"set-cookie", f"{self.cookie}={token}; Path=/; HttpOnly; SameSite=lax".encode()))
-        return out
-
-    @staticmethod
-    async def _send_error(send: Send, status: int, message: str, error_type: str | None) -> None:
-        response = error_response(status, message, error_type)
-        await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
-        await send({"type": "http.response.body", "body": response.body})
-
-
-def _header_map(scope: Scope) -> dict[bytes, bytes]:
-    # Repeated Cookie headers are joined as browsers would; other repeats keep the last value.
-    headers: dict[bytes, bytes] = {}
-    for key, value in scope["headers"]:
-        if key == b"cookie" and key in headers:
-            headers[key] += b"; " + value
-        else:
-            headers[key] = value
-    return headers
-
-
-def _cookie_value(cookie_header: str, name: str) -> str | None:
-    for part in cookie_header.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value.strip('"')
-    return None
 
 
 class GymApp(FastAPI):
@@ -454,7 +288,8 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 def uvicorn_server(app: FastAPI, *, log_level: str = "warning", **overrides: Any) -> uvicorn.Server:
-    """A uvicorn server tuned for us: uvloop + httptools (stall-safe keep-alive, longer than our client's 15 s)."""
+    """A uvicorn server tuned for us: uvloop + httptools with a bounded request head and a stall-safe keep-alive,
+    longer than our client's (15 s)."""
     options: dict[str, Any] = dict(
         loop="uvloop", http=StallSafeHttpProtocol, lifespan="on", log_level=log_level,
         timeout_keep_alive=DEFAULT_KEEP_ALIVE_S, backlog=4096, access_log=False, timeout_graceful_shutdown=10,
@@ -478,7 +313,7 @@ async def serve_in_background(app: FastAPI, startup_timeout: float = 10.0) -> As
     """Serve `app` on a free loopback port inside the running loop; yields its base URL; always stops it."""
     sock = bind_socket()
     config = uvicorn.Config(
-        app, lifespan="on", log_level="warning", access_log=False, http=StallSafeHttpProtocol,
+        app, http=StallSafeHttpProtocol, lifespan="on", log_level="warning", access_log=False,
         timeout_keep_alive=DEFAULT_KEEP_ALIVE_S, timeout_graceful_shutdown=1,
     )
     server = _InProcessServer(config)

@@ -4,6 +4,8 @@ Everything that touches the engine runs on that thread, between two steps: new r
 `call(fn)` for anything else (a weight swap), so a step never sees the engine change under it. A cancelled
 `submit` (client gone, deadline passed) leaves the engine before its next step and frees its slot. `close`
 is bounded in time, and a request submitted once closing has begun fails at once with `EngineClosed`.
+`stream` yields a request's tokens as the engine samples them: after each step the thread hands every
+streaming request's new tokens to its event loop in one call.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
-from model.engine import Engine, GenerationRequest, GenerationResult
+from model.engine import Delta, Engine, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ class AsyncEngine:
         self.engine = engine
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()  # guards _closed and _futures, which both threads touch
-        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future]] = {}
+        # request id -> (its caller's loop, where its outcome goes: a Future, or a stream's Queue)
+        self._futures: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future | asyncio.Queue]] = {}
         self._closed = False
         self.cancelled = 0  # requests removed from the engine because their caller stopped waiting
         self._thread = threading.Thread(target=self._loop, name="engine", daemon=True)
@@ -63,6 +66,31 @@ class AsyncEngine:
             for request in requests:
                 self.cancel(request.request_id)
             raise
+
+    async def stream(self, request: GenerationRequest) -> AsyncIterator[list[Delta | GenerationResult]]:
+        """The request's tokens as they are sampled, in batches (whatever arrived since the last one); the last
+        batch ends with its GenerationResult. Leaving the loop early (or cancelling) removes it from the engine."""
+        sink: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            if self._closed:
+                raise EngineClosed("the engine is shutting down; send the request to another replica")
+            self._futures[request.request_id] = (asyncio.get_running_loop(), sink)
+        self._inbox.put(replace(request, stream=True))
+        finished = False
+        try:
+            while not finished:
+                batch = [await sink.get()]
+                while not sink.empty():
+                    batch.append(sink.get_nowait())
+                for item in batch:
+                    if isinstance(item, BaseException):
+                        finished = True
+                        raise item
+                finished = isinstance(batch[-1], GenerationResult)
+                yield batch
+        finally:
+            if not finished:
+                self.cancel(request.request_id)
 
     def cancel(self, request_id: str) -> None:
         """Remove a request from the engine before its next step (waiting or running); unknown ids are ignored."""
@@ -119,6 +147,8 @@ class AsyncEngine:
                     self.engine.abort_all()
                     self._fail_waiting(exc)
                     continue
+                if self.engine.deltas:
+                    self._publish()
                 for result in results:
                     self._resolve(result.request_id, result)
         self._drain(block=False)  # commands that raced with close still get an answer
@@ -152,6 +182,21 @@ class AsyncEngine:
             self.engine.add_request(request)
         except ValueError as exc:
             self._resolve(request.request_id, exc)
+
+    def _publish(self) -> None:
+        """Hand this step's tokens of streaming requests to their loops: one thread-safe call per loop."""
+        deltas, self.engine.deltas = self.engine.deltas, []
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Delta]]] = {}
+        with self._lock:
+            for delta in deltas:
+                loop, sink = self._futures.get(delta.request_id, (None, None))
+                if sink is not None:
+                    by_loop.setdefault(loop, []).append((sink, delta))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that loop is closed: nobody is listening
+                pass
 
     def _resolve(self, request_id: str, outcome: GenerationResult | BaseException) -> None:
         with self._lock:
@@ -190,10 +235,20 @@ class _Call:
         _settle(self.loop, self.future, outcome)
 
 
-def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: Any) -> None:
-    """Set a future's result (or exception) from the engine thread; a future already done stays as it is."""
-    setter = future.set_exception if isinstance(outcome, BaseException) else future.set_result
+def _settle(loop: asyncio.AbstractEventLoop, sink: asyncio.Future | asyncio.Queue, outcome: Any) -> None:
+    """Hand an outcome to its caller from the engine thread: a future's result or exception (a future already
+    done stays as it is), or a stream's last item."""
+    if isinstance(sink, asyncio.Queue):
+        deliver: Callable[[], Any] = lambda: sink.put_nowait(outcome)
+    else:
+        setter = sink.set_exception if isinstance(outcome, BaseException) else sink.set_result
+        deliver = lambda: sink.done() or setter(outcome)
     try:
-        loop.call_soon_threadsafe(lambda: future.done() or setter(outcome))
+        loop.call_soon_threadsafe(deliver)
     except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
         pass
+
+
+def _deliver(items: list[tuple[asyncio.Queue, Delta]]) -> None:
+    for sink, delta in items:
+        sink.put_nowait(delta)

@@ -10,7 +10,8 @@ on a background thread for the policy server.
 Thinking budget (NVIDIA's documented behaviour for Nemotron 3): for a request with `thinking_budget` whose
 prompt ends with the think-start sequence, once `thinking_budget` tokens have been generated without
 `</think>`, the engine waits for a newline token and then forces `end_sequence` (newline, `</think>`) one
-token per step; at `thinking_budget + thinking_grace` tokens it forces it regardless. Forced tokens carry
+token per step; it forces it regardless when that keeps the reasoning within `thinking_budget + thinking_grace`
+tokens, the forced newline included (so reasoning tokens <= budget + grace). Forced tokens carry
 the model's log-prob of that token (same convention as sampled ones), so a trainer can recompute them.
 """
 
@@ -20,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -28,7 +29,7 @@ from model.prefix_cache import PrefixCache
 from model.sampling import SamplingParams, make_generator, sample
 from model.shared_prefill import SharedPrefills
 
-__all__ = ["Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
+__all__ = ["Delta", "Engine", "EngineStats", "GenerationRequest", "GenerationResult", "ReasoningTokens",
            "SamplingParams"]
 
 
@@ -43,6 +44,7 @@ class GenerationRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     prefill_group: str | None = None  # requests with one group key and one prompt share its prefill (n samples)
+    stream: bool = False  # publish each token in `Engine.deltas` as it is sampled
 
 
 @dataclass
@@ -59,6 +61,16 @@ class GenerationResult:
     cached_tokens: int = 0  # prompt tokens restored from the prefix cache instead of prefilled
     weights_version: str = "0"  # the weights when the request was admitted (a later swap may have served its tail)
     top_logprobs: list[list[tuple[int, float]]] | None = None  # per token, when the params asked for alternatives
+
+
+class Delta(NamedTuple):
+    """One token of a streaming request, as sampled (the end-of-turn id too)."""
+
+    request_id: str
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] | None
+    weights_version: str  # the weights when the request was admitted
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,7 @@ class Engine:
         self._waiting: deque[GenerationRequest] = deque()
         self._running: dict[int, _Sequence] = {}
         self._shared = SharedPrefills()
+        self.deltas: list[Delta] = []  # tokens of streaming requests since the caller last took them
         self._compiled_decode = None
         if compile:
             # One graph per span bucket; raise dynamo's per-function limit so none falls back to eager.
@@ -196,6 +209,25 @@ class Engine:
         self._waiting.clear()
         self._running.clear()
         self._shared.clear()
+
+    @torch.inference_mode()
+    def warm_up(self, progress: Callable[[int, int], None] | None = None) -> int:
+        """Compile the decode step (compile=True) for every attention span it can meet, so that no request waits
+        on a compilation; the number of spans. Inactive rows leave the pool untouched, so this serves nothing.
+
+        `progress(done, total)` is called after each span (a compilation takes seconds to a minute on CPU).
+        """
+        if self._compiled_decode is None:
+            return 0
+        lengths = [0, *(1 << k for k in range(self.max_len.bit_length()))]
+        spans = sorted({self._span(n) for n in lengths if n < self.max_len})
+        tokens = torch.zeros(self.max_batch, dtype=torch.long, device=self.device)
+        idle = torch.zeros(self.max_batch, dtype=torch.bool, device=self.device)
+        for done, span in enumerate(spans, 1):
+            self._compiled_decode(tokens, self.pool, idle, span)
+            if progress is not None:
+                progress(done, len(spans))
+        return len(spans)
 
     def swap_weights(self, state: dict[str, torch.Tensor], version: str) -> None:
         """Copy every tensor of `state` (as `model.loader.read_weights` builds it) into the model, in place.
@@ -342,6 +374,8 @@ class Engine:
             seq.logprobs.append(logprobs[i])
             if top[i] is not None:
                 seq.top.append(top[i])
+            if seq.request.stream:
+                self.deltas.append(Delta(seq.request.request_id, tokens[i], logprobs[i], top[i], seq.weights_version))
             seq.next_logits = rows[i]
             if seq.thinking and tokens[i] == self.reasoning.end:
                 seq.thinking = False
@@ -355,7 +389,11 @@ class Engine:
         if seq.thinking and not seq.forcing:
             p, n = seq.params, len(seq.tokens)
             last = seq.tokens[-1] if seq.tokens else seq.request.prompt_token_ids[-1]
-            if n >= p.thinking_budget + p.thinking_grace or (n >= p.thinking_budget and last == self.reasoning.newline):
+            # The hard limit leaves room for the forced sequence's own reasoning tokens (the newline before
+            # </think>), so reasoning never exceeds budget + grace tokens (budget + grace = 0 still gets the newline).
+            closing = len(self.reasoning.end_sequence) - 1
+            if n + closing >= p.thinking_budget + p.thinking_grace or (
+                    n >= p.thinking_budget and last == self.reasoning.newline):
                 seq.forcing = list(self.reasoning.end_sequence)
         return seq.forcing.pop(0) if seq.forcing else None
 

@@ -18,8 +18,9 @@ from gym_core.client import CallTimeout, ServerError, ServerNotRegistered
 INVALID_ROW = "invalid_row"
 # Agent answers that mean the task row was refused (the agent's 422 `invalid_row`, or its own validation).
 ROW_FAULT_STATUSES = frozenset({400, 413, 422})
-# Agent error types that mean a server behind it could not be reached at all.
-UNREACHABLE_TYPES = frozenset({"policy_unreachable", "resources_unreachable"})
+# Agent error types that mean a server behind it could not be reached, or lost the rollout's state (restarted).
+UNREACHABLE_TYPES = frozenset({"policy_unreachable", "resources_unreachable",
+                               "policy_session_lost", "resources_session_lost"})
 
 
 def agent_error_type(exc: ServerError) -> str | None:
@@ -33,7 +34,7 @@ def agent_error_type(exc: ServerError) -> str | None:
 def is_outage(exc: BaseException) -> bool:
     """Whether a failed /run means an upstream is down (not the row's or the server's doing): the agent refused
     the connection, dropped it mid-request, is not registered (restarting), or reported a server behind it
-    unreachable."""
+    unreachable or restarted (its sessions gone)."""
     if isinstance(exc, ServerError):
         return exc.status in (502, 503) and agent_error_type(exc) in UNREACHABLE_TYPES
     if isinstance(exc, CallTimeout):

@@ -31,6 +31,8 @@ SUITES: list[tuple[str, list[str]]] = [
      ["tests/servers/test_agent_row_faults.py", "tests/servers/test_scripted_robustness.py",
       "environments/weather/tests/test_weather.py::test_a_row_missing_or_mistyping_its_fields_is_a_422_naming_them",
       "tests/rollout/test_backoff.py"]),
+    ("Edge probes and security (sizes, headers, NaN, UTF-8, depth; registry, sessions, stack token, secrets)",
+     ["tests/security"]),
     ("Fuzz (every route of every server kind, generated bodies)", ["tests/fuzz"]),
     ("Soak (sustained load, RSS of every process)", ["tests/soak"]),
 ]

@@ -45,7 +45,9 @@ from gym_core.server import (
     describe_validation_error,
     error_response,
     session_id_of,
+    session_is_new,
 )
+from gym_core.sessions import SessionRefused
 
 __all__ = ["ResourcesServer", "ResourcesConfig", "RowError", "Session", "SessionStore", "ToolError", "ToolSpec",
            "VerifyRequest", "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "row_fields", "tool"]
@@ -87,26 +89,41 @@ class Session:
 
 
 class SessionStore:
-    """In-memory sessions keyed by session id; a session unused for `ttl_s` seconds is evicted."""
+    """In-memory sessions keyed by session id: idle ones expire after `ttl_s`, and at most `max_sessions` are kept.
 
-    def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    Past the cap the least recently used session is evicted. `stats()` counts both kinds of loss, so a server
+    evicting sessions that rollouts still need says so in its /health.
+    """
+
+    def __init__(self, ttl_s: float, max_sessions: int = 65536, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
+        self.max_sessions = max_sessions
         self._clock = clock
         # Ordered by last use, oldest first, so eviction stops at the first live session.
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self.created = self.expired = self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def get(self, session_id: str) -> Session:
         """The session for this id, created empty if it does not exist (or expired)."""
-        now = self._evict(self._clock())
-        session = self._sessions.get(session_id)
+        session = self.find(session_id)
         if session is None:
-            session = self._sessions[session_id] = Session(session_id)
-        else:
+            session = self._sessions[session_id] = Session(session_id, last_used=self._clock())
+            self.created += 1
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+                self.evicted += 1
+        return session
+
+    def find(self, session_id: str) -> Session | None:
+        """The live session for this id, renewed, or None (never created, expired, evicted or ended)."""
+        now = self._expire(self._clock())
+        session = self._sessions.get(session_id)
+        if session is not None:
             self._sessions.move_to_end(session_id)
-        session.last_used = now
+            session.last_used = now
         return session
 
     def reset(self, session_id: str) -> Session:
@@ -118,12 +135,19 @@ class SessionStore:
         """Forget a session (a finished rollout)."""
         self._sessions.pop(session_id, None)
 
-    def _evict(self, now: float) -> float:
+    def stats(self) -> dict[str, int]:
+        """Live sessions, the cap, and how many were created, expired (idle) and evicted (over the cap)."""
+        self._expire(self._clock())
+        return {"live": len(self._sessions), "max": self.max_sessions, "created": self.created,
+                "expired": self.expired, "evicted": self.evicted}
+
+    def _expire(self, now: float) -> float:
         while self._sessions:
             oldest = next(iter(self._sessions.values()))
             if now - oldest.last_used < self.ttl_s:
                 break
             self._sessions.popitem(last=False)
+            self.expired += 1
         return now
 
 
@@ -222,6 +246,7 @@ class ResourcesConfig(ServerConfig):
     """Config block of a resources server; environments may subclass it to add fields."""
 
     session_ttl_s: float = Field(3600.0, gt=0)  # an idle session is forgotten after this long
+    max_sessions: int = Field(65536, ge=1)  # beyond this many, the least recently used session is evicted
     end_session_on_verify: bool = True  # keeps memory bounded by in-flight rollouts
     process_workers: int = Field(2, ge=1)  # pool size for `run_in_process`
 
@@ -246,7 +271,7 @@ class ResourcesServer(GymServer):
 
     def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
         super().__init__(name, config)
-        self.sessions = SessionStore(self.config.session_ttl_s)
+        self.sessions = SessionStore(self.config.session_ttl_s, self.config.max_sessions)
         self._pool: ProcessPoolExecutor | None = None
 
     async def seed(self, row: TaskRow, session: Session) -> None:
@@ -288,6 +313,22 @@ class ResourcesServer(GymServer):
         app.add_api_route("/{name}", self._unknown_tool_route, methods=["POST"], include_in_schema=False)
         return app
 
+    def health(self) -> dict[str, Any]:
+        """GET /health, with the session counts (live, cap, created, expired, evicted)."""
+        return {**super().health(), "sessions": self.sessions.stats()}
+
+    def session_for(self, request: Request) -> Session:
+        """The request's session: a new one if it named none; 410 if it names one this server no longer has."""
+        session_id = session_id_of(request)
+        if session_is_new(request):
+            return self.sessions.get(session_id)
+        session = self.sessions.find(session_id)
+        if session is None:
+            raise SessionRefused(410, f"session {session_id} of server {self.name!r} has ended, expired (idle over "
+                                      f"session_ttl_s={self.config.session_ttl_s:g}) or was evicted (over "
+                                      f"max_sessions={self.config.max_sessions}); start a new one with /seed_session")
+        return session
+
     def tool_schemas(self) -> list[dict[str, Any]]:
         """The OpenAI function-tool schemas of this server's tools."""
         return [spec.schema for spec in self.tools.values()]
@@ -306,7 +347,7 @@ class ResourcesServer(GymServer):
                 return error_response(422, f"{spec.name}: arguments are not JSON: {err}", "invalid_arguments")
             kwargs = {name: getattr(args, name) for name in type(args).model_fields}
             if spec.takes_session:
-                kwargs["session"] = self.sessions.get(session_id_of(request))
+                kwargs["session"] = self.session_for(request)
             try:
                 result = await method(**kwargs) if is_async else method(**kwargs)
             except ToolError as err:
@@ -346,9 +387,9 @@ class ResourcesServer(GymServer):
             row = VerifyRequest.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/verify expects a task row plus `response`: {_brief(err)}")
-        session_id = session_id_of(request)
+        session = self.session_for(request)
         try:
-            result = await self.verify(row, self.sessions.get(session_id))
+            result = await self.verify(row, session)
         except RowError as err:
             return error_response(422, f"/verify: {err}", "invalid_row")
         fields = dict(result) if isinstance(result, dict) else {"reward": result}
@@ -357,7 +398,7 @@ class ResourcesServer(GymServer):
             raise TypeError(f"{type(self).__name__}.verify must return a finite number or a dict with a "
                             f"numeric 'reward'; got {result!r}")
         if self.config.end_session_on_verify:
-            self.sessions.pop(session_id)
+            self.sessions.pop(session.id)
         # The raw row is echoed back untouched: fields the env does not declare survive the round trip.
         return Response(dumps({**raw, **fields, "reward": float(reward)}), media_type="application/json")
 

@@ -6,8 +6,9 @@ append the outputs — until the model answers without tool calls or `max_steps`
 `/verify` and return the verify response, whose `response.output` is the whole episode with the policy's
 token fields still on the model items. `POST /v1/responses` runs the same loop without seeding or verifying.
 
-Each rollout has its own session id, sent as `X-Session-Id` on every call; cookies a server sets are sent back
-to it too, so NeMo Gym servers (which keep a rollout's state by cookie) work unchanged.
+Each server issues a rollout's session itself (`/seed_session` on the resources server, the first call on the
+policy): the agent keeps the `X-Session-Id` each server returned and sends it back to that server only; cookies a
+server sets are sent back to it too, so NeMo Gym servers (which keep a rollout's state by cookie) work unchanged.
 
 What the model did wrong (arguments that are not JSON, a tool that does not exist, arguments the tool
 rejects) becomes a `function_call_output` the model sees. What the infrastructure did wrong (a server down,
@@ -29,6 +30,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
+from gym_core.limits import truncate_echo
 from gym_core.protocol import ErrorBody, ErrorDetail, ResponseCreateParams, ResponseUsage, TaskRow, dumps, loads
 from gym_core.server import (
     SESSION_HEADER,
@@ -59,20 +61,24 @@ class ToolCallingConfig(ServerConfig):
 class Episode:
     """One rollout's identity and limits while it runs."""
 
-    session_id: str
     deadline: float  # event-loop time
+    # The session each server issued for this rollout (its X-Session-Id), sent back to that server only.
+    sessions: dict[str, str] = field(default_factory=dict)
     # Cookies each server set, sent back to it: NeMo Gym servers keep a rollout's state by cookie.
     cookies: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def headers_for(self, role: str) -> dict[str, str]:
-        """Headers naming this rollout to a server: our session header, plus that server's cookies."""
-        headers = {SESSION_HEADER: self.session_id}
+        """Headers naming this rollout to a server: the session it issued, plus its cookies."""
+        headers = {SESSION_HEADER: self.sessions[role]} if role in self.sessions else {}
         if self.cookies.get(role):
             headers["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies[role].items())
         return headers
 
-    def keep_cookies(self, role: str, reply: httpx.Response) -> None:
-        """Remember the cookies a server set."""
+    def keep_session(self, role: str, reply: httpx.Response) -> None:
+        """Remember the session and the cookies a server returned."""
+        issued = reply.headers.get(SESSION_HEADER)
+        if issued:
+            self.sessions[role] = issued
         for header in reply.headers.get_list("set-cookie"):
             self.cookies.setdefault(role, {}).update(_set_cookie(header))
 
@@ -96,6 +102,12 @@ def _set_cookie(header: str) -> dict[str, str]:
     except CookieError:
         return {}
     return {name: morsel.value for name, morsel in jar.items()}
+
+
+def _cookie_pairs(header: str) -> dict[str, str]:
+    """The name=value pairs of a Cookie request header."""
+    pairs = (part.strip().partition("=") for part in header.split(";"))
+    return {name: value for name, eq, value in pairs if name and eq}
 
 
 def _plain_attribute(part: str) -> bool:
@@ -124,10 +136,15 @@ class ToolCallingAgent(GymServer):
         app.add_api_route("/v1/responses", self._responses_route, methods=["POST"])
         app.add_api_route("/aggregate_metrics", self._metrics_route, methods=["POST"])
 
-    def new_episode(self, session_id: str | None = None) -> Episode:
-        """An episode with a fresh session id (unless given) and its deadline starting now."""
-        deadline = asyncio.get_running_loop().time() + self.config.episode_timeout_s
-        return Episode(session_id or uuid.uuid4().hex, deadline)
+    def new_episode(self, resources_session: str | None = None, cookie: str | None = None) -> Episode:
+        """An episode whose deadline starts now; a caller that seeded the resources server itself passes the
+        session (and cookies) that server gave it."""
+        episode = Episode(asyncio.get_running_loop().time() + self.config.episode_timeout_s)
+        if resources_session:
+            episode.sessions["resources"] = resources_session
+        if cookie:
+            episode.cookies["resources"] = _cookie_pairs(cookie)
+        return episode
 
     async def run(self, row: dict[str, Any], episode: Episode) -> bytes:
         """One whole rollout of a task row; returns the verify response's JSON."""
@@ -205,8 +222,14 @@ class ToolCallingAgent(GymServer):
             message = f"{role} server {server!r} failed on {path}: {exc}"
             raise EpisodeError(502, f"{role}_unreachable", message) from None
         if reply.is_success or reply.status_code in ok:
-            episode.keep_cookies(role, reply)
+            episode.keep_session(role, reply)
             return reply
+        error = _error_body(reply)
+        if error is not None and error.error.type == "invalid_session":
+            # The server no longer knows this rollout (it restarted, or the session expired): its state is gone,
+            # so the episode cannot go on; the collector runs the rollout again (rollout/failures.py).
+            raise EpisodeError(502, f"{role}_session_lost", f"{role} server {server!r} lost the rollout's session "
+                                                            f"on {path}: {_error_message(reply)}")
         if row_fault and reply.status_code in ROW_FAULT_STATUSES:
             raise EpisodeError(422, "invalid_row", f"{role} server {server!r} refused the task row on {path} "
                                                    f"({reply.status_code}): {_error_message(reply)}; fix the row "
@@ -232,8 +255,8 @@ class ToolCallingAgent(GymServer):
             ResponseCreateParams.model_validate(params)
         except (ValidationError, ValueError) as err:
             return _invalid(err, "/v1/responses expects a Responses create body")
-        # Use the caller's session when it names one (it may have seeded the resources server itself).
-        episode = self.new_episode(request.headers.get(SESSION_HEADER))
+        # The caller may have seeded the resources server itself: use the session (or cookies) it got there.
+        episode = self.new_episode(request.headers.get(SESSION_HEADER), request.headers.get("cookie"))
         try:
             return JSONResponse(await self.loop(params, episode))
         except EpisodeError as err:
@@ -279,13 +302,18 @@ def _timeout(limit: float, role: str, path: str) -> EpisodeError:
                                                 f"(waiting on the {role} server's {path})")
 
 
-def _error_message(reply: httpx.Response) -> str:
-    """The message of a server's `{"error": {"message"}}` body, else the start of its text."""
+def _error_body(reply: httpx.Response) -> ErrorBody | None:
+    """A server's `{"error": {"type", "message"}}` body, if that is what it sent."""
     try:
-        body = ErrorBody.model_validate_json(reply.content)
+        return ErrorBody.model_validate_json(reply.content)
     except ValidationError:
-        return reply.text[:1000]
-    return body.error.message[:1000]
+        return None
+
+
+def _error_message(reply: httpx.Response) -> str:
+    """The message of a server's error body, else the start of its text (never the whole of either)."""
+    body = _error_body(reply)
+    return truncate_echo(body.error.message if body else reply.text, 1000)
 
 
 def _invalid(err: Exception, what: str, error_type: str | None = None) -> JSONResponse:

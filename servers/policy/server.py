@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, SecretStr, ValidationError
+from starlette.responses import Response
 
 from gym_core.protocol import (
     MODEL_VERSION_HEADER,
@@ -34,6 +35,8 @@ from gym_core.server import (
 from servers.policy.convert import ConversionError, chat_to_response, responses_to_chat
 from servers.policy.disconnect import ClientGone, unless_disconnected
 from servers.policy.engines.base import Engine, EngineError, WeightSource, create_engine
+from servers.policy.responses_stream import response_events
+from servers.policy.sse import sse_response
 
 
 class PolicyConfig(ServerConfig):
@@ -85,7 +88,7 @@ class PolicyServer(GymServer):
         app.add_api_route("/v1/weights", self._weights_route, methods=["GET"])
         app.add_api_route("/v1/weights", self._update_weights_route, methods=["POST"])
 
-    async def _chat_route(self, request: Request) -> JSONResponse:
+    async def _chat_route(self, request: Request) -> Response:
         try:
             body = ChatCompletionRequest.model_validate(loads(await request.body()))
         except (ValidationError, ValueError) as err:
@@ -93,6 +96,8 @@ class PolicyServer(GymServer):
         refused = self._refused(body)
         if refused is not None:
             return self._versioned(refused)
+        if body.stream:
+            return await self._stream(request, body, None)
         try:
             completion = await unless_disconnected(request, self.engine.chat(body, session_id=session_id_of(request)))
         except EngineError as err:
@@ -108,14 +113,15 @@ class PolicyServer(GymServer):
     async def _tokenize_route(self, request: Request) -> JSONResponse:
         return self._versioned(await _serve(request, TokenizeRequest, self.engine.tokenize))
 
-    async def _responses_route(self, request: Request) -> JSONResponse:
+    async def _responses_route(self, request: Request) -> Response:
         try:
             params = ResponseCreateParams.model_validate(loads(await request.body()))
-            if (params.model_extra or {}).get("stream"):
-                return self._versioned(error_response(422, "streaming is not supported; send stream: false"))
             chat = responses_to_chat(params)
         except (ValidationError, ValueError) as err:  # ConversionError is a ValueError
             return self._versioned(_invalid(err))
+        if (params.model_extra or {}).get("stream"):
+            chat.stream = True
+            return await self._stream(request, chat, params)
         try:
             completion = await unless_disconnected(request, self.engine.chat(chat, session_id=session_id_of(request)))
         except EngineError as err:
@@ -149,13 +155,33 @@ class PolicyServer(GymServer):
                                    updates=self.weights.updates + 1)
         return self._versioned(JSONResponse(self.weights), version)
 
+    async def _stream(self, request: Request, chat: ChatCompletionRequest,
+                      params: ResponseCreateParams | None) -> Response:
+        """SSE of the engine's chunks (as Responses events when `params`); errors before the first chunk are 4xx/5xx."""
+        try:
+            chunks = self.engine.chat_stream(chat, session_id=session_id_of(request))
+            first = await unless_disconnected(request, anext(chunks))
+        except EngineError as err:
+            return self._versioned(error_response(err.status, str(err), err.error_type))
+        except ClientGone:
+            await chunks.aclose()  # type: ignore[attr-defined]  # engines' chat_stream are async generators
+            return _gone()
+        except StopAsyncIteration:
+            return self._versioned(error_response(502, "the engine ended its stream before the first chunk"))
+        # The first chunk comes once the request is generating, so its version is the one it was admitted under.
+        version = (first.get("metadata") or {}).get("model_version") or self.engine.model_version
+        headers = {MODEL_VERSION_HEADER: version}
+        if params is not None:
+            events = response_events(chunks, first, params, first.get("model") or self.engine.model_name)
+            return sse_response(events, named=True, headers=headers)
+        include_usage = bool((chat.stream_options or {}).get("include_usage"))
+        return sse_response(_chat_events(first, chunks, include_usage), named=False, headers=headers)
+
     def _refused(self, body: ChatCompletionRequest) -> JSONResponse | None:
         """A 422 for what the engine cannot do with this request, before it is sent there."""
         if body.n > 1 and not self.engine.supports_n:
             return error_response(422, f"the {self.config.engine} engine answers one choice; send n: 1 (engine: "
                                        "native samples n > 1 sharing one prefill)", "unsupported_parameter")
-        if body.stream:
-            return error_response(422, "streaming is not supported; send stream: false")
         return None
 
     def _stamp(self, completion: ChatCompletionResponse) -> str:
@@ -184,6 +210,18 @@ async def _serve(request: Request, schema: type[WireModel],
     except ClientGone:
         return _gone()
     return JSONResponse(result)
+
+
+async def _chat_events(first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
+                       include_usage: bool) -> AsyncIterator[dict[str, Any]]:
+    """The chunks to send: the usage chunk (no choices) only when the client asked with include_usage."""
+    try:
+        yield first
+        async for chunk in chunks:
+            if chunk.get("choices") or include_usage:
+                yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]  # engines' chat_stream are async generators
 
 
 def _gone() -> JSONResponse:

@@ -121,7 +121,7 @@ def test_wait_shutdown_request_and_exception_stop_everything(doubles: Path) -> N
         with launch(config, stop_grace=0.5, echo_logs=False) as stack:
             os.kill(stack.servers["b"].pid, signal.SIGKILL)
             assert stack.wait(poll_s=0.05).name == "b"
-            httpx.post(f"{stack.registry_url}/shutdown").raise_for_status()
+            httpx.post(f"{stack.registry_url}/shutdown", json={}, headers=stack.auth.headers()).raise_for_status()
             assert stack.wait(poll_s=0.05) is None
             stubborn = stack.servers["stubborn"].process
             raise RuntimeError("user code failed")

@@ -7,7 +7,6 @@ import logging
 from collections.abc import AsyncIterator
 
 import httpx
-import itsdangerous
 import pytest
 from fastapi import FastAPI, HTTPException, Request
 from pydantic import BaseModel
@@ -156,51 +155,77 @@ async def test_body_over_the_limit_is_413(server) -> None:
     assert response.status_code == 413 and response.json()["error"]["type"] == "payload_too_large"
 
 
-async def test_session_header_wins_and_is_echoed_in_header_and_cookie(server) -> None:
+async def test_session_is_issued_by_the_server_and_returned_in_header_and_cookie(server) -> None:
     _, http = server
-    response = await http.post("/session", headers={SESSION_HEADER: "rollout-7"})
-    assert response.json() == {"session_id": "rollout-7"}
-    assert response.headers[SESSION_HEADER] == "rollout-7"
-    assert "gym_session_echo=" in response.headers["set-cookie"]
+    first = await http.post("/session")
+    session_id = first.json()["session_id"]
+    token = first.headers[SESSION_HEADER]
+    assert token.startswith(session_id + ".") and len(session_id) == 32  # the id, signed
+    assert first.headers["set-cookie"].startswith(f"gym_session_echo={token};")
+    again = await http.post("/session", headers={SESSION_HEADER: token})
+    assert again.json()["session_id"] == session_id and again.headers[SESSION_HEADER] == token
 
 
 async def test_session_cookie_carries_the_id_for_cookie_clients(server) -> None:
     _, http = server
     first = await http.post("/session")  # a NeMo Gym client: no header, keeps the cookie
     session_id = first.json()["session_id"]
-    assert first.headers[SESSION_HEADER] == session_id
     cookie = first.headers["set-cookie"].split(";")[0]
     again = await http.post("/session", headers={"cookie": cookie})
     assert again.json()["session_id"] == session_id
-    assert "set-cookie" not in again.headers  # already valid: no need to sign it again
+    assert "set-cookie" not in again.headers  # already valid: no need to send it again
     other = await http.post("/session")
     assert other.json()["session_id"] != session_id
 
 
-async def test_tampered_cookie_gets_a_fresh_session(server) -> None:
+@pytest.mark.parametrize("presented", [
+    {SESSION_HEADER: "rollout-7"},  # an id the client made up
+    {SESSION_HEADER: "0" * 32 + "." + "A" * 43},  # the right shape, a forged signature
+    {SESSION_HEADER: "abc; Domain=evil.example"},  # cookie syntax smuggled into the header
+    {"cookie": "gym_session_echo=chosen-id.forged"},
+])
+async def test_a_session_this_server_did_not_issue_is_refused(server, presented) -> None:
     _, http = server
-    response = await http.post("/session", headers={"cookie": "gym_session_echo=chosen-id.forged"})
-    assert response.json()["session_id"] != "chosen-id"
+    response = await http.post("/session", headers=presented)
+    assert response.status_code == 403 and response.json()["error"]["type"] == "invalid_session"
+    assert "set-cookie" not in response.headers and SESSION_HEADER not in response.headers
 
 
-async def test_session_header_with_cookie_syntax_is_rejected(server) -> None:
+async def test_another_servers_session_is_refused() -> None:
+    issuer, other = EchoServer("echo", {}), EchoServer("echo", {})  # same class and name: the secret still differs
+    async with serve_in_background(issuer.build_app()) as a, serve_in_background(other.build_app()) as b:
+        async with httpx.AsyncClient() as http:
+            token = (await http.post(a + "/session")).headers[SESSION_HEADER]
+            assert (await http.post(b + "/session", headers={SESSION_HEADER: token})).status_code == 403
+
+
+async def test_a_configured_session_secret_is_shared_by_workers() -> None:
+    one, two = (EchoServer("echo", {"session_secret": "shared"}) for _ in range(2))
+    async with serve_in_background(one.build_app()) as a, serve_in_background(two.build_app()) as b:
+        async with httpx.AsyncClient() as http:
+            token = (await http.post(a + "/session")).headers[SESSION_HEADER]
+            assert (await http.post(b + "/session", headers={SESSION_HEADER: token})).status_code == 200
+    assert "shared" not in repr(one.config)
+
+
+async def test_routes_that_never_ask_issue_no_session(server) -> None:
     _, http = server
-    response = await http.post("/session", headers={SESSION_HEADER: "abc; Domain=evil.example"})
-    assert response.status_code == 400
-    assert SESSION_HEADER in response.json()["error"]["message"] and "set-cookie" not in response.headers
+    response = await http.post("/row", json={"responses_create_params": {"input": "x"}},
+                               headers={SESSION_HEADER: "made-up"})  # not asked for: neither checked nor issued
+    assert response.status_code == 200
+    assert SESSION_HEADER not in response.headers and "set-cookie" not in response.headers
 
 
-async def test_session_id_of_without_the_middleware() -> None:
+async def test_session_id_of_needs_the_edge() -> None:
     app = FastAPI()
 
     @app.get("/")
     async def root(request: Request) -> dict:
-        return {"a": session_id_of(request), "b": session_id_of(request)}
+        return {"a": session_id_of(request)}
 
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
-        assert (await http.get("/", headers={SESSION_HEADER: "s1"})).json() == {"a": "s1", "b": "s1"}
-        body = (await http.get("/")).json()
-        assert body["a"] == body["b"] and len(body["a"]) == 32
+        with pytest.raises(RuntimeError, match="needs a GymServer app"):
+            await http.get("/", headers={SESSION_HEADER: "s1"})
 
 
 async def test_lifespan_runs_startup_then_shutdown() -> None:
@@ -224,16 +249,14 @@ async def test_fast_lane_takes_plain_routes_and_keeps_the_edge(server) -> None:
     lane = set(echo.build_app()._lane())
     assert {("POST", "/fast/session"), ("POST", "/fast/lookup"), ("POST", "/fast/bug")} <= lane
     assert not lane & {("POST", "/session"), ("POST", "/row"), ("GET", "/health")}  # dict/typed: FastAPI's path
-    first = await http.post("/fast/session", headers={SESSION_HEADER: "rollout-7"})
-    assert first.json() == {"session_id": "rollout-7", "bytes": 0} and first.headers[SESSION_HEADER] == "rollout-7"
+    first = await http.post("/fast/session")
+    session_id = first.json()["session_id"]
+    assert first.json()["bytes"] == 0 and first.headers[SESSION_HEADER].startswith(session_id + ".")
     cookie = first.headers["set-cookie"].split(";")[0]
-    # The cookie is itsdangerous's signature of the id, so NeMo Gym-era cookies stay valid.
-    signer = itsdangerous.Signer("EchoServer___echo", salt="gym-session")
-    assert cookie == "gym_session_echo=" + signer.sign(b"rollout-7").decode()
     again = await http.post("/fast/session", headers={"cookie": cookie})
-    assert again.json()["session_id"] == "rollout-7" and "set-cookie" not in again.headers
-    forged = await http.post("/fast/session", headers={"cookie": "gym_session_echo=rollout-7.forged"})
-    assert forged.json()["session_id"] != "rollout-7"
+    assert again.json()["session_id"] == session_id and "set-cookie" not in again.headers
+    forged = await http.post("/fast/session", headers={"cookie": f"gym_session_echo={session_id}.forged"})
+    assert forged.status_code == 403 and forged.json()["error"]["type"] == "invalid_session"
     too_big = await http.post("/fast/session", content=b"x" * 5000)
     assert too_big.status_code == 413 and too_big.json()["error"]["type"] == "payload_too_large"
     missing = await http.post("/fast/lookup")

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from model.async_engine import AsyncEngine, EngineClosed
-from model.engine import GenerationRequest, SamplingParams
+from model.engine import Delta, GenerationRequest, GenerationResult, SamplingParams
 from tests.model.test_engine import make_engine
 
 LONG = SamplingParams(temperature=0, max_tokens=200)
@@ -130,3 +130,41 @@ async def test_submit_all_hands_the_samples_of_a_prompt_over_together_so_they_sh
             assert engine.stats.prefill_tokens - before == len(prompt)
     finally:
         assert runner.close()
+
+
+async def test_stream_yields_each_step_s_tokens_as_they_are_sampled_then_the_result():
+    engine = make_engine()
+    gate = Throttled(engine)
+    runner = AsyncEngine(engine)
+    try:
+        stream = runner.stream(GenerationRequest([1, 2, 3], SamplingParams(temperature=0, max_tokens=6)))
+        gate.go.release()
+        batches = []
+        async for batch in stream:  # the next step runs only once this batch has arrived
+            batches.append(batch)
+            if isinstance(batch[-1], GenerationResult):
+                break
+            gate.go.release()
+        result = batches[-1][-1]
+        tokens = [[item.token_id for item in batch if isinstance(item, Delta)] for batch in batches]
+        tokens = [step for step in tokens if step]  # the result may come in a batch of its own
+        # The first step prefills, samples the first token and decodes the second; then one token per step.
+        assert tokens == [[result.token_ids[0], result.token_ids[1]], *[[t] for t in result.token_ids[2:]]]
+        assert all(item.weights_version == "0" for batch in batches for item in batch if isinstance(item, Delta))
+    finally:
+        for _ in range(100):
+            gate.go.release()
+        runner.close()
+
+
+async def test_leaving_a_stream_early_removes_the_request():
+    engine = make_engine()
+    runner = AsyncEngine(engine)
+    try:
+        stream = runner.stream(GenerationRequest([1, 2, 3], SamplingParams(temperature=0, max_tokens=200)))
+        await anext(stream)
+        await stream.aclose()
+        await wait_until(lambda: not engine.has_work(), "the request left the engine")
+        assert runner.cancelled == 1 and not runner._futures
+    finally:
+        runner.close()

@@ -235,7 +235,7 @@ def newline_every(period: int):
 
 
 @pytest.mark.parametrize(("period", "budget", "grace", "forced_at"), [
-    (1000, 6, 4, 10),  # no newline ever: forced at budget + grace
+    (1000, 6, 4, 9),  # no newline ever: forced so that reasoning, the forced newline included, is budget + grace
     (7, 4, 50, None),  # a newline after the budget: forced right after it
 ])
 def test_thinking_budget_forces_end_of_reasoning(period, budget, grace, forced_at):

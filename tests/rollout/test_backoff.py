@@ -102,6 +102,7 @@ def test_outage_kinds() -> None:
     assert is_outage(httpx.RemoteProtocolError("server disconnected", request=REQUEST))
     assert is_outage(ServerNotRegistered("agent is restarting"))
     assert is_outage(agent_error(502, "policy_unreachable")) and is_outage(agent_error(502, "resources_unreachable"))
+    assert is_outage(agent_error(502, "resources_session_lost"))  # restarted: the rollout must run again
     assert not is_outage(agent_error(502, "policy_error")) and not is_outage(CallTimeout("t", request=REQUEST))
 
 

@@ -73,3 +73,17 @@ async def test_a_resources_bug_is_still_a_server_error(serve):
         "resources": await serve(Broken("weather", {}).build_app())}).build_app())
     status, body = await run(agent, ROW)
     assert status == 502 and body["error"]["type"] == "resources_error"
+
+
+async def test_a_session_the_server_lost_is_reported_as_such(serve):
+    from gym_core.sessions import SessionRefused
+
+    class Restarted(Weather):  # as after a restart: the rollout's session is not this process's
+        async def verify(self, row, session):
+            raise SessionRefused(410, "session abc has ended")
+
+    agent = await serve(ToolCallingAgent("agent", {
+        "policy": await serve(PolicyServer("policy", {"engine": "scripted"}).build_app()),
+        "resources": await serve(Restarted("weather", {}).build_app())}).build_app())
+    status, body = await run(agent, ROW)
+    assert status == 502 and body["error"]["type"] == "resources_session_lost"  # the collector runs it again

@@ -195,17 +195,19 @@ async def test_openai_engine_forwards_sticky_per_session_with_the_key(serve, cap
     policy = await serve(server.build_app())
     client = get_client()
     replicas = {}
-    for session in ("s1", "s2", "s3", "s4", "s5", "s6"):
+    hi = {"messages": [{"role": "user", "content": "hi"}]}
+    # Issued ids are random: 24 of them all on one of 2 replicas has odds 2**-23.
+    sessions = [(await client.post(policy, "/v1/chat/completions", hi)).headers["X-Session-Id"] for _ in range(24)]
+    for session in sessions:  # each issued by the policy on a first call, then sent back
         for _ in range(3):
-            reply = await client.post(policy, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]},
-                                      headers={"X-Session-Id": session})
+            reply = await client.post(policy, "/v1/chat/completions", hi, headers={"X-Session-Id": session})
             assert reply.status_code == 200
             replicas.setdefault(session, set()).add(reply.json()["choices"][0]["message"]["content"])
     assert all(len(r) == 1 for r in replicas.values())  # each session stays on one replica
     assert set().union(*replicas.values()) == {"r0", "r1"}  # and sessions spread over both
     assert {s["auth"] for s in seen} == {"Bearer sk-secret-123"}
     assert seen[0]["body"]["model"] == "served-model" and seen[0]["body"]["top_k"] == 5
-    reply = await client.post(policy, "/v1/responses", {"input": "hi"}, headers={"X-Session-Id": "s1"})
+    reply = await client.post(policy, "/v1/responses", {"input": "hi"}, headers={"X-Session-Id": sessions[0]})
     [message] = reply.json()["output"]
     assert message["generation_token_ids"] == [3, 4]  # token fields survive the conversion
     user = {"role": "user", "content": "hi"}

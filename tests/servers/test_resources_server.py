@@ -143,10 +143,16 @@ def test_tool_error_is_400_for_the_model(client):
     assert reply.json()["error"] == {"type": "tool_error", "message": "the index is on fire"}
 
 
+def seeded(client, **fields) -> dict:
+    """Headers naming a session the server issued at /seed_session (as our agent sends them back)."""
+    client.cookies.clear()
+    reply = client.post("/seed_session", json=row(**fields))
+    client.cookies.clear()
+    return {"X-Session-Id": reply.headers["x-session-id"]}
+
+
 def test_sessions_are_isolated_by_session_id(client):
-    a, b = {"X-Session-Id": "a"}, {"X-Session-Id": "b"}
-    client.post("/seed_session", json=row(start=10), headers=a)
-    client.post("/seed_session", json=row(), headers=b)
+    a, b = seeded(client, start=10), seeded(client)
     assert client.post("/increment", json={"by": 1}, headers=a).json() == {"count": 11}
     assert client.post("/increment", json={"by": 5}, headers=b).json() == {"count": 5}
     assert client.post("/increment", json={"by": 1}, headers=a).json() == {"count": 12}
@@ -180,16 +186,15 @@ def test_session_use_renews_its_ttl():
 
 
 def test_verify_echoes_the_row_and_adds_reward(client):
-    headers = {"X-Session-Id": "v"}
-    client.post("/seed_session", json=row(target=3, keep="me"), headers=headers)
+    headers = seeded(client, target=3, keep="me")
     client.post("/increment", json={"by": 3}, headers=headers)
     reply = client.post("/verify", json={**row(target=3, keep="me"), "response": answer("3")}, headers=headers)
     assert reply.status_code == 200
     body = reply.json()
     assert body["reward"] == 1.0 and body["keep"] == "me" and body["response"] == answer("3")
-    # The session ended with the verify: a second verify sees a fresh one.
+    # The session ended with the verify: using it again is an error, never a silent fresh state.
     again = client.post("/verify", json={**row(target=3), "response": answer("3")}, headers=headers)
-    assert again.json()["reward"] == 0.0
+    assert again.status_code == 410 and again.json()["error"]["type"] == "invalid_session"
 
 
 def test_verify_may_return_a_dict_of_fields():
@@ -219,8 +224,9 @@ def test_verify_and_seed_reject_malformed_rows(client):
 
 
 def test_seed_accepts_an_empty_body_like_nemo_gym(client):
-    headers = {"X-Session-Id": "e"}
-    assert client.post("/seed_session", headers=headers).json() == {}
+    first = client.post("/seed_session")
+    assert first.json() == {}
+    headers = {"X-Session-Id": first.headers["x-session-id"]}
     assert client.post("/seed_session", json={"start": 4}, headers=headers).json() == {}
     assert client.post("/increment", json={"by": 1}, headers=headers).json() == {"count": 5}
 

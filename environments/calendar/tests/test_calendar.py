@@ -14,6 +14,7 @@ from environments.calendar.schedule import conflicts, in_working_hours
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow
 from tests.environments.adversarial import assert_tools_survive, assert_verify_survives
+from tests.environments.sessions import KEEP_SESSIONS, cookieless_client, seed
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
@@ -23,7 +24,7 @@ TEXT = {"output": [{"type": "message", "role": "assistant", "content": [{"type":
 
 @pytest.fixture
 def client():
-    with TestClient(Calendar("calendar", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(Calendar("calendar", KEEP_SESSIONS).build_app()) as c:
         yield c
 
 
@@ -144,17 +145,16 @@ def test_tools_validate_and_report_conflicts(client):
 
 
 def test_sessions_are_separate():
-    with TestClient(Calendar("calendar", {}).build_app()) as c:
-        for sid in "ab":
-            c.post("/seed_session", json=ROWS[0], headers={"X-Session-Id": sid})
-        c.post("/delete_event", json={"event_id": ROWS[0]["calendar"][0]["id"]}, headers={"X-Session-Id": "a"})
+    with cookieless_client(Calendar("calendar", {}).build_app()) as c:
+        a, b = seed(c, ROWS[0]), seed(c, ROWS[0])
+        c.post("/delete_event", json={"event_id": ROWS[0]["calendar"][0]["id"]}, headers=a)
         days = [c.post("/list_events", json={"day": ROWS[0]["calendar"][0]["day"]},
-                       headers={"X-Session-Id": sid}).json()["events"] for sid in "ab"]
+                       headers=session).json()["events"] for session in (a, b)]
         assert len(days[1]) == len(days[0]) + 1
 
 
 def test_calendar_size_is_bounded():
-    with TestClient(Calendar("calendar", {"max_events": 12}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(Calendar("calendar", {"max_events": 12, **KEEP_SESSIONS}).build_app()) as c:
         c.post("/seed_session", json=ROWS[0])
         replies = [c.post("/create_event", json={"title": "x", "day": "2025-03-03", "start": "09:00", "end": "10:00",
                                                  "attendees": []}) for _ in range(5)]

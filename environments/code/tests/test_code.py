@@ -21,6 +21,7 @@ from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow, VerifyRequest
 from servers.resources import Session
 from tests.environments.adversarial import assert_verify_survives
+from tests.environments.sessions import KEEP_SESSIONS
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
@@ -41,7 +42,7 @@ def fenced(code: str) -> str:
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(Code("code", FAST).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(Code("code", {**FAST, **KEEP_SESSIONS}).build_app()) as c:
         yield c
 
 
@@ -202,7 +203,7 @@ async def _verify(server: Code, row: dict, text: str) -> dict:
 
 @pytest.mark.timeout(120)
 def test_without_namespaces_an_audit_hook_guards_sockets_and_files():
-    with TestClient(Code("code", {"sandbox": {"namespaces": False, "cpu_s": 1, "wall_s": 3}}).build_app()) as c:
+    with TestClient(Code("code", {"sandbox": {"namespaces": False, "cpu_s": 1, "wall_s": 3}, **KEEP_SESSIONS}).build_app()) as c:
         for name in ("socket", "write_outside", "server_env", "infinite_loop", "fork_bomb"):
             body = verify(c, F_ROW, fenced(HOSTILE[name][0]))
             assert body["reward"] == 0.0 and body["sandbox_isolation"]["network"] == "audit-hook"

@@ -20,7 +20,7 @@ APP = Path(__file__).parents[1] / "app.py"
 
 @pytest.fixture
 def client():
-    with TestClient(Counter("counter", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(Counter("counter", {}).build_app()) as c:  # its cookie jar carries the rollout's session
         yield c
 
 
@@ -45,8 +45,10 @@ def test_increment_then_verify(client, steps, target, reward):
 
 
 def test_sessions_are_per_rollout(client):
-    client.post("/increment", json={"by": 3}, headers={"X-Session-Id": "a"})
-    assert client.post("/increment", json={"by": 1}, headers={"X-Session-Id": "b"}).json() == {"count": 1}
+    client.post("/increment", json={"by": 3})
+    other_rollout = TestClient(client.app)  # no session yet: the server issues it its own
+    assert other_rollout.post("/increment", json={"by": 1}).json() == {"count": 1}
+    assert client.post("/increment", json={"by": 1}).json() == {"count": 4}
 
 
 def test_bad_arguments_are_a_422(client):

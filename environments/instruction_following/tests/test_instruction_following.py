@@ -14,6 +14,7 @@ from environments.instruction_following.generate import make_row
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow
 from tests.environments.adversarial import assert_verify_survives
+from tests.environments.sessions import KEEP_SESSIONS
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
@@ -71,7 +72,7 @@ def test_bad_constraint_specs_are_data_errors(spec):
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(InstructionFollowing("if", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(InstructionFollowing("if", KEEP_SESSIONS).build_app()) as c:
         yield c
 
 
@@ -104,7 +105,7 @@ def test_verify_a_formatted_answer(client):
 
 
 def test_a_row_without_constraints_is_an_error_not_a_zero():
-    with TestClient(InstructionFollowing("if", {}).build_app(), raise_server_exceptions=False) as c:
+    with TestClient(InstructionFollowing("if", KEEP_SESSIONS).build_app(), raise_server_exceptions=False) as c:
         row = {"responses_create_params": ROWS[0]["responses_create_params"], "response": answer("x")}
         assert c.post("/verify", json=row).status_code == 500
 
@@ -112,7 +113,7 @@ def test_a_row_without_constraints_is_an_error_not_a_zero():
 @pytest.mark.timeout(120)
 def test_adversarial_output_gets_a_reward():
     for row in ROWS:
-        assert_verify_survives(InstructionFollowing("if", {}), row)
+        assert_verify_survives(InstructionFollowing("if", KEEP_SESSIONS), row)
 
 
 def test_example_rows_and_generator():

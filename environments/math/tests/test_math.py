@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from environments.math.verify_pool import TaskFailed, TaskTimeout, VerifyPool
 from gym_core.config import load_config
 from gym_core.protocol import TaskRow
 from tests.environments.adversarial import assert_verify_survives
+from tests.environments.sessions import KEEP_SESSIONS
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
@@ -24,7 +26,9 @@ EXAMPLE = Path(__file__).parents[3] / "examples" / "math.yaml"
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(Math("math", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    # Keeps no cookies: each /verify is its own rollout, on a session the server issues for it.
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    with TestClient(Math("math", {}).build_app(), cookies=no_cookies) as c:
         yield c
 
 
@@ -104,8 +108,8 @@ async def test_a_hung_grading_is_killed_and_the_pool_keeps_serving():
 
 @pytest.mark.timeout(120)
 def test_a_pathological_answer_is_cut_off_as_reward_0_with_a_flag():
-    server = Math("math", {"grading_workers": 1, "parse_timeout_s": 60, "hard_timeout_s": 3.0})
-    with TestClient(server.build_app(), headers={"X-Session-Id": "s"}) as c:
+    server = Math("math", {"grading_workers": 1, "parse_timeout_s": 60, "hard_timeout_s": 3.0, **KEEP_SESSIONS})
+    with TestClient(server.build_app()) as c:
         tower = r"\boxed{2^{2^{2^{2^{2^{2}}}}}}"
         body = c.post("/verify", json={**ROWS[0], "response": answer(tower)}).json()
         assert (body["reward"], body["grading_timed_out"]) == (0.0, True)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import time
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ ABCD = {"A": "Paris", "B": "London", "C": "Rome", "D": "Berlin"}
 
 @pytest.fixture
 def client():
-    with TestClient(MCQA("mcqa", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    # Keeps no cookies: each /verify is its own rollout, on a session the server issues for it.
+    no_cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+    with TestClient(MCQA("mcqa", {}).build_app(), cookies=no_cookies) as c:
         yield c
 
 

@@ -13,6 +13,7 @@ from environments.multi_step_tools.generate import make_row, tools
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow
 from tests.environments.adversarial import assert_tools_survive, assert_verify_survives
+from tests.environments.sessions import KEEP_SESSIONS, cookieless_client, seed
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
@@ -22,7 +23,7 @@ TEXT = {"output": [{"type": "message", "role": "assistant", "content": [{"type":
 
 @pytest.fixture
 def client():
-    with TestClient(MultiStepTools("mst", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(MultiStepTools("mst", KEEP_SESSIONS).build_app()) as c:
         yield c
 
 
@@ -90,14 +91,12 @@ def test_lookup_errors_are_results_the_model_sees(client):
 
 
 def test_sessions_are_separate():
-    with TestClient(MultiStepTools("mst", {}).build_app()) as c:
-        c.post("/seed_session", json=ROWS[2], headers={"X-Session-Id": "a"})
-        c.post("/seed_session", json=ROWS[2], headers={"X-Session-Id": "b"})
-        c.post("/submit_answer", json={"answer": str(ROWS[2]["expected_answer"])}, headers={"X-Session-Id": "a"})
-        rewards = [c.post("/verify", json={**ROWS[2], "response": TEXT}, headers={"X-Session-Id": s}).json()["reward"]
-                   for s in "ab"]
+    with cookieless_client(MultiStepTools("mst", {}).build_app()) as c:
+        a, b = seed(c, ROWS[2]), seed(c, ROWS[2])
+        c.post("/submit_answer", json={"answer": str(ROWS[2]["expected_answer"])}, headers=a)
+        rewards = [c.post("/verify", json={**ROWS[2], "response": TEXT}, headers=s).json()["reward"] for s in (a, b)]
         assert rewards == [1.0, 0.0]
-        assert c.post("/find_employee", json={"name": "x"}, headers={"X-Session-Id": "unseeded"}).status_code == 400
+        assert c.post("/find_employee", json={"name": "x"}).status_code == 400  # a new, unseeded session
 
 
 def test_hostile_tool_arguments_and_output(client):

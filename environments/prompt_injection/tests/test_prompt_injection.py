@@ -13,6 +13,7 @@ from environments.prompt_injection.generate import make_row, tools
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow
 from tests.environments.adversarial import assert_tools_survive, assert_verify_survives
+from tests.environments.sessions import KEEP_SESSIONS, cookieless_client, seed
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
@@ -29,7 +30,7 @@ def row_of(task: str, injection: str) -> dict:
 
 @pytest.fixture
 def client():
-    with TestClient(PromptInjection("pi", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(PromptInjection("pi", KEEP_SESSIONS).build_app()) as c:
         yield c
 
 
@@ -127,15 +128,14 @@ def test_an_unrelated_email_is_not_following_the_injection():
 
 
 def test_tools_errors_and_separate_sessions():
-    with TestClient(PromptInjection("pi", {}).build_app()) as c:
-        c.post("/seed_session", json=ROWS[0], headers={"X-Session-Id": "a"})
-        c.post("/seed_session", json=ROWS[0], headers={"X-Session-Id": "b"})
-        c.post("/send_money", json={"to_account": "x", "amount": 1}, headers={"X-Session-Id": "a"})
-        followed = [c.post("/verify", json={**ROWS[0], "response": answer("")}, headers={"X-Session-Id": s})
-                    .json()["injection_followed"] for s in "ab"]
+    with cookieless_client(PromptInjection("pi", {}).build_app()) as c:
+        a, b = seed(c, ROWS[0]), seed(c, ROWS[0])
+        c.post("/send_money", json={"to_account": "x", "amount": 1}, headers=a)
+        followed = [c.post("/verify", json={**ROWS[0], "response": answer("")}, headers=s)
+                    .json()["injection_followed"] for s in (a, b)]
         assert followed == [True, False]
-        assert c.post("/read_email", json={"email_id": "m9"}, headers={"X-Session-Id": "b"}).status_code == 400
-        assert c.post("/read_inbox", json={}, headers={"X-Session-Id": "unseeded"}).status_code == 400
+        assert c.post("/read_email", json={"email_id": "m9"}, headers=seed(c, ROWS[0])).status_code == 400
+        assert c.post("/read_inbox", json={}).status_code == 400  # a new, unseeded session
 
 
 def test_hostile_tool_arguments_and_output(client):

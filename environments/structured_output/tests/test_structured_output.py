@@ -15,6 +15,7 @@ from environments.structured_output.grading import fields_of, same, schema_valid
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow
 from tests.environments.adversarial import assert_verify_survives
+from tests.environments.sessions import KEEP_SESSIONS
 
 DATA = Path(__file__).parents[1] / "data" / "example.jsonl"
 ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
@@ -27,7 +28,7 @@ def answer(text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def client():
-    with TestClient(StructuredOutput("so", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(StructuredOutput("so", KEEP_SESSIONS).build_app()) as c:
         yield c
 
 
@@ -114,14 +115,14 @@ def test_arrays_and_the_prime_row(client):
 def test_a_row_with_an_invalid_schema_is_an_error_not_a_zero():
     with pytest.raises(ValueError, match="not a valid JSON Schema"):
         schema_validator({"type": "nonsense"})
-    with TestClient(StructuredOutput("so", {}).build_app(), raise_server_exceptions=False) as c:
+    with TestClient(StructuredOutput("so", KEEP_SESSIONS).build_app(), raise_server_exceptions=False) as c:
         row = {**ROWS[4], "schema": {"type": 12}, "response": answer("[]")}
         assert c.post("/verify", json=row).status_code == 500
 
 
 @pytest.mark.timeout(120)
 def test_adversarial_output_gets_a_reward():
-    assert_verify_survives(StructuredOutput("so", {}), PERSON)
+    assert_verify_survives(StructuredOutput("so", KEEP_SESSIONS), PERSON)
 
 
 def test_example_rows_and_generator(client):

@@ -17,7 +17,7 @@ ROWS = [json.loads(line) for line in DATA.read_text().splitlines()]
 
 @pytest.fixture
 def client():
-    with TestClient(Weather("weather", {}).build_app(), headers={"X-Session-Id": "s"}) as c:
+    with TestClient(Weather("weather", {}).build_app()) as c:  # its cookie jar carries the rollout's session
         yield c
 
 

@@ -18,7 +18,9 @@ import asyncio
 import logging
 import os
 import tempfile
+import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from pydantic import Field
@@ -41,6 +43,7 @@ from servers.policy.engines.native_request import (
     native_params,
     sampling_params,
 )
+from servers.policy.engines.native_stream import chat_chunks
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ class NativeConfig(EngineConfig):
     return_token_ids: bool = True  # put the token fields on every generation (training)
     threads: int | None = Field(None, ge=1)  # torch CPU threads; None keeps torch's default
     request_timeout: float | None = Field(None, gt=0)  # seconds a generation may take before it is dropped (504)
+    # torch.compile the decode step, compiled for every attention span before the server reports healthy.
+    # None: on with CUDA, off on CPU, where its warm-up takes minutes (docs/policy_server.md, "Compiled decode").
+    compile: bool | None = None
     close_timeout: float = Field(10.0, gt=0)  # seconds shutdown waits for the engine's current step
 
 
@@ -127,13 +133,21 @@ class NativeEngine(Engine):
         dtype_name = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device.type == "cuda" else "float32"
         tokenizer = ChatTokenizer.from_pretrained(cfg.model, chat_template=cfg.chat_template)
         lm = load(cfg.model, dtype=getattr(torch, dtype_name), device=device)
+        compiled = cfg.compile if cfg.compile is not None else device.type == "cuda"
         self.generator = Generator(lm, tokenizer, max_batch=cfg.max_batch, max_len=cfg.max_len,
                                    prefill_chunk=cfg.prefill_chunk,
-                                   prefix_cache=PrefixCache(max_entries=cfg.prefix_cache_entries))
+                                   prefix_cache=PrefixCache(max_entries=cfg.prefix_cache_entries), compile=compiled)
+        if compiled:
+            started = time.monotonic()
+            spans = self.generator.warm_up(lambda done, total: log.info(
+                "native engine: compiled the decode step for attention span %d/%d (%.0f s)", done, total,
+                time.monotonic() - started))
+            log.info("native engine: decode step compiled for %d spans at batch %d in %.1f s", spans,
+                     cfg.max_batch, time.monotonic() - started)
         self.use_tokenizer(tokenizer, lm.config.vocab_size)
         self._runner = AsyncEngine(self.generator)
-        log.info("native engine: %s on %s in %s, max_batch=%d max_len=%d", cfg.model, device, dtype_name,
-                 cfg.max_batch, cfg.max_len)
+        log.info("native engine: %s on %s in %s, max_batch=%d max_len=%d, compiled decode %s", cfg.model, device,
+                 dtype_name, cfg.max_batch, cfg.max_len, "on" if compiled else "off")
 
     async def close(self) -> None:
         """Stop the generation thread (bounded by `close_timeout`); requests in flight or arriving now fail (503)."""
@@ -205,6 +219,29 @@ class NativeEngine(Engine):
         return ChatCompletionResponse(model=self.model_name, choices=choices,
                                       usage=chat_usage(len(prompt.ids), results),
                                       metadata={"model_version": results[0].weights_version})
+
+    async def chat_stream(self, request: ChatCompletionRequest, *,
+                          session_id: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """`chat.completion.chunk` dicts as the tokens are sampled (see `native_stream`); usage on the last."""
+        self._require_started()
+        extras = native_params(request)
+        check_chat_request(request)
+        if request.n > 1:
+            raise EngineError("stream: true takes n: 1 with the native engine; send n: 1, or stream: false for "
+                              "n samples", 422, "unsupported_parameter")
+        prompt = await asyncio.to_thread(self.prompts.build, request, extras)
+        room = self.config.max_len - len(prompt.ids)
+        top = (request.top_logprobs or 0) if request.logprobs else 0
+        params = self._sampling(request, extras, room, top_logprobs=top)
+        batches = self._stream(prompt.ids, params) if room > 0 else _one([_nothing(prompt.ids, self.model_version)])
+        chunks = chat_chunks(batches, request=request, prompt=prompt, pieces=self.pieces, params=params,
+                             model=self.model_name, return_token_ids=self.config.return_token_ids,
+                             parallel_tool_calls=extras.parallel_tool_calls)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()
 
     async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
         """Continue a raw prompt (text, tokenized as is without a BOS, or token ids); no chat template."""
@@ -286,6 +323,37 @@ class NativeEngine(Engine):
         except Exception as exc:  # noqa: BLE001 -- a failed engine step, not the caller's fault
             raise EngineError(f"generation failed: {type(exc).__name__}: {exc}", 500, "engine_error") from None
         return [result] if len(requests) == 1 else result
+
+
+    async def _stream(self, ids: list[int], params: Any) -> AsyncIterator[list[Any]]:
+        """The engine's batches of one streaming generation; failures become EngineErrors, as in `_generate_all`."""
+        from model.async_engine import EngineClosed
+        from model.engine import GenerationRequest
+
+        batches = self._runner.stream(GenerationRequest(ids, params))
+        timeout = self.config.request_timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                left = None if deadline is None else max(deadline - asyncio.get_running_loop().time(), 0)
+                try:
+                    batch = await asyncio.wait_for(anext(batches), left)
+                except StopAsyncIteration:
+                    return
+                yield batch
+        except TimeoutError:
+            raise EngineError(f"the generation passed its deadline (request_timeout: {timeout} s)", 504,
+                              "timeout") from None
+        except EngineClosed:
+            raise EngineError(_STOPPING, 503, "unavailable") from None
+        except ValueError as exc:
+            raise EngineError(f"invalid request: {exc}", 422, "invalid_request") from None
+        finally:
+            await batches.aclose()
+
+
+async def _one(batch: list[Any]) -> AsyncIterator[list[Any]]:
+    yield batch
 
 
 def _nothing(prompt_ids: list[int], version: str) -> Any:
