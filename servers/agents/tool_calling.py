@@ -256,10 +256,15 @@ class ToolCallingAgent(GymServer):
         except (ValidationError, ValueError) as err:
             return _invalid(err, "/v1/responses expects a Responses create body")
         # The caller may have seeded the resources server itself: use the session (or cookies) it got there.
+        caller_session = request.headers.get(SESSION_HEADER) or request.headers.get("cookie")
         episode = self.new_episode(request.headers.get(SESSION_HEADER), request.headers.get("cookie"))
         try:
             return JSONResponse(await self.loop(params, episode))
         except EpisodeError as err:
+            if caller_session and err.error_type == "resources_session_lost":
+                # The session is the caller's, not one this agent started: naming an unknown one is its mistake.
+                return error_response(410, f"{err}; send no session, or the one /seed_session returned",
+                                      "invalid_session")
             return error_response(err.status, str(err), err.error_type)
 
     async def _metrics_route(self, request: Request) -> Response:

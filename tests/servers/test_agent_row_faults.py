@@ -87,3 +87,9 @@ async def test_a_session_the_server_lost_is_reported_as_such(serve):
         "resources": await serve(Restarted("weather", {}).build_app())}).build_app())
     status, body = await run(agent, ROW)
     assert status == 502 and body["error"]["type"] == "resources_session_lost"  # the collector runs it again
+
+
+async def test_v1_responses_with_a_session_the_resources_server_never_issued_is_the_callers_fault(serve):
+    reply = await get_client().post(await start_stack(serve), "/v1/responses", ROW["responses_create_params"],
+                                    headers={"X-Session-Id": "made-up"})  # was a 502 (found by tests/fuzz)
+    assert reply.status_code == 410 and reply.json()["error"]["type"] == "invalid_session"
