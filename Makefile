@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/client.py
 	$(BIN)/python benchmarks/engine.py --threads 1
 	$(BIN)/python benchmarks/rollout_cpu.py --windows 2
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -30,11 +30,13 @@ from gym_core.client import (
     ServerError,
     ServiceClient,
     close_client,
-    get_client,
     parse_json,
 )
 from gym_core.config import ConfigError, secret_overrides
 from gym_core.launcher import LaunchError, format_table, launch
+
+if TYPE_CHECKING:
+    from rollout.collect import CollectOptions
 
 REGISTRY_HELP = f"registry URL (default: ${REGISTRY_URL_ENV}, else {DEFAULT_REGISTRY_URL})"
 
@@ -66,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--registry-port", type=int, default=_default_port(),
                     help="port of the registry (default 11000; 0 picks a free one)")
     up.add_argument("--start-timeout", type=float, default=60.0, help="seconds to wait for servers to be healthy")
+    up.add_argument("--ray", default=None, metavar="ADDRESS",
+                    help="place every server on the Ray cluster at ADDRESS ('auto', host:port, ray://...) instead "
+                    "of local processes (same as `launcher: {backend: ray, address: ADDRESS}` in the config)")
     up.set_defaults(handler=cmd_up)
 
     status = commands.add_parser("status", help="list the running servers",
@@ -99,9 +104,15 @@ def _add_rollout_parser(commands: Any) -> None:
     rollout = commands.add_parser(
         "rollout", help="collect rollouts from an agent into JSONL",
         description="POST each task row (NeMo Gym JSONL) to the agent's /run and write one JSON line per rollout "
-        "as it completes; failed rollouts go to <output stem>_failures.jsonl. With --config the servers are "
+        "as it completes; failed rollouts go to <output stem>_failures.jsonl. Each row goes to the agent its "
+        "agent_ref.name names, else to --agent; metrics and counts are per agent. With --config the servers are "
         "started first and stopped afterwards.")
-    rollout.add_argument("--agent", required=True, help="agent server name (as in the config)")
+    rollout.add_argument("--agent", required=True,
+                         help="the agent for rows without an agent_ref: a server name (as in the config) or the "
+                         "URL of any NeMo-Gym-compatible agent (http://host:port)")
+    rollout.add_argument("--agent-url", action="append", default=[], metavar="NAME=URL",
+                         help="where the agent NAME of rows' agent_ref is (repeatable; other names are looked up "
+                         "in the registry)")
     rollout.add_argument("--input", "-i", required=True, type=Path, help="task rows, JSONL")
     rollout.add_argument("--output", "-o", required=True, type=Path, help="rollouts JSONL to write")
     rollout.add_argument("--limit", type=int, default=None, help="use only the first N rows")
@@ -124,7 +135,21 @@ def _add_rollout_parser(commands: Any) -> None:
                          help="also write each successful rollout's training trajectory (token ids, mask, "
                          "log-probs, reward) to this JSONL")
     rollout.add_argument("--no-aggregate", action="store_true",
-                         help="skip the agent's /aggregate_metrics at the end (no <output stem>_aggregate_metrics.json)")
+                         help="skip the agents' /aggregate_metrics at the end "
+                         "(no <output stem>_aggregate_metrics.json)")
+    sharding = rollout.add_argument_group("sharding on Ray (rollout/ray_collect.py)")
+    sharding.add_argument("--ray", default=None, metavar="ADDRESS",
+                          help="run the rollouts on Ray workers of the cluster at ADDRESS ('auto', host:port, "
+                          "ray://...); this process still reads the input and writes the one output")
+    sharding.add_argument("--workers", type=int, default=2,
+                          help="with --ray, Ray workers sharing --concurrency (default 2)")
+    sampling = rollout.add_argument_group("sampling (set in every row's responses_create_params)")
+    sampling.add_argument("--temperature", type=float, default=None, help="sampling temperature")
+    sampling.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
+    sampling.add_argument("--max-output-tokens", type=int, default=None, help="tokens per model call at most")
+    sampling.add_argument("--seed", type=int, default=None,
+                          help="derive a seed per (task, repeat) from this one, so a rerun reproduces the samples "
+                          "(sent as metadata.extra_body, NeMo Gym's way)")
     rollout.set_defaults(handler=cmd_rollout)
 
 
@@ -155,7 +180,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         with launch(args.config, args.overrides, registry_port=args.registry_port,
-                    start_timeout=args.start_timeout) as stack:
+                    start_timeout=args.start_timeout, ray_address=args.ray) as stack:
             print(stack.table())
             print(f"registry: {stack.registry_url}   (`gym status`, `gym down` or Ctrl-C to stop)")
             print(f"stack token: in {stack.token_file} (clients started by `gym` read it themselves)", flush=True)
@@ -253,6 +278,8 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 
 
 def _rollout(args: argparse.Namespace) -> int:
+    from rollout.routing import is_url
+
     if args.overrides and not args.config:
         print("gym rollout: overrides need --config", file=sys.stderr)
         return 2
@@ -261,40 +288,72 @@ def _rollout(args: argparse.Namespace) -> int:
     _refuse_secret_overrides("rollout", args.overrides)
     signal.signal(signal.SIGTERM, _interrupt)
     with launch(args.config, args.overrides, registry_port=0, echo_logs=False) as stack:
-        if args.agent not in stack.servers:
+        if not is_url(args.agent) and args.agent not in stack.servers:
             print(f"gym rollout: no server named '{args.agent}' in {args.config}", file=sys.stderr)
             return 1
         return _collect(args, stack.registry_url)
 
 
-def _collect(args: argparse.Namespace, registry_url: str) -> int:
-    from rollout.collect import collect, count_rows, read_rows
+def collect_options(args: argparse.Namespace, total: int | None) -> CollectOptions:
+    """`gym rollout`'s flags as collect options; a bad value raises ValueError naming the flag."""
+    from rollout.collect import CollectOptions
+    from rollout.routing import is_url
+    from rollout.sampling import SamplingOptions
 
-    total = count_rows(args.input, args.limit)
+    agents = {}
+    for pair in args.agent_url:
+        name, equals, url = pair.partition("=")
+        if not equals or not name or not is_url(url):
+            raise ValueError(f"--agent-url {pair!r}: expected NAME=http://host:port")
+        agents[name] = url
+    sampling = SamplingOptions(args.temperature, args.top_p, args.max_output_tokens, args.seed)
+    return CollectOptions(agents=agents, num_repeats=args.num_repeats, concurrency=args.concurrency,
+                          timeout=args.timeout, total=total, progress=not args.no_progress, resume=args.resume,
+                          max_attempts=args.max_attempts, trajectories=args.trajectories,
+                          aggregate_metrics=not args.no_aggregate, sampling=sampling)
+
+
+def _collect(args: argparse.Namespace, registry_url: str) -> int:
+    from rollout.collect import count_rows, read_rows
+
+    try:
+        options = collect_options(args, count_rows(args.input, args.limit))
+    except ValueError as exc:
+        print(f"gym rollout: {exc}", file=sys.stderr)
+        return 2
     rows = read_rows(args.input, args.limit)
+    from rollout.ray_collect import WorkersLost  # ray itself is imported only with --ray
 
     async def run() -> Any:
         os.environ[REGISTRY_URL_ENV] = registry_url  # the process-wide client looks names up here
         try:
-            await get_client().url_of(args.agent)  # fails fast on a name the registry does not know
-            # By name, not URL: a restarted agent registers a new URL, and the client looks it up again.
-            return await collect(args.agent, rows, args.output, agent_name=args.agent, num_repeats=args.num_repeats,
-                                 concurrency=args.concurrency, timeout=args.timeout, total=total,
-                                 progress=not args.no_progress, resume=args.resume,
-                                 max_attempts=args.max_attempts, trajectories=args.trajectories,
-                                 aggregate_metrics=not args.no_aggregate)
+            from rollout.collect import collect
+
+            if args.ray is None:
+                return await collect(args.agent, rows, args.output, options=options)
+            from rollout.ray_collect import collect_on_ray
+
+            return await collect_on_ray(args.agent, rows, args.output, workers=args.workers, address=args.ray,
+                                        options=options)
         finally:
             await close_client()
 
     try:
         summary = asyncio.run(run())
-    except LookupError as exc:
+    except (LookupError, WorkersLost) as exc:  # an agent not registered, every Ray worker lost
         print(f"gym rollout: {exc}", file=sys.stderr)
         return 1
+    return report(summary)
+
+
+def report(summary: Any) -> int:
+    """Print a collection's summary; the exit status is 1 when nothing was collected."""
     print(summary.line())
     print(f"mean reward: {summary.mean_reward:.4f} over {summary.count} rollouts -> {summary.output}")
     if summary.metrics_output:
         print(f"metrics -> {summary.metrics_output}")
+    for agent, error in summary.metrics_errors.items():
+        print(f"metrics of agent {agent!r} NOT written: {error}", file=sys.stderr)
     if summary.failures:
         print(f"{summary.failures} failed rollouts -> {summary.failures_output}", file=sys.stderr)
     if summary.not_persisted:

@@ -148,12 +148,23 @@ def launch(
     start_timeout: float = START_TIMEOUT_S,
     stop_grace: float = STOP_GRACE_S,
     echo_logs: bool = True,
+    ray_address: str | None = None,
 ) -> Iterator[Stack]:
-    """Start the registry and every server of `config`; yields a Stack once all are healthy; always stops them."""
+    """Start the registry and every server of `config`; yields a Stack once all are healthy; always stops them.
+    With `launcher: {backend: ray}` in the config (or `ray_address`) the servers are placed on a Ray cluster
+    (gym_core/ray_launcher.py)."""
     resolved = load_config(config, overrides)
+    from gym_core.ray_launcher import launch_on_ray, launcher_settings  # imports ray only when used
+
+    settings = launcher_settings(resolved, ray_address)
+    if settings.backend == "ray":
+        with launch_on_ray(resolved, settings, registry_port=registry_port, start_timeout=start_timeout,
+                           stop_grace=stop_grace) as stack:
+            yield stack
+        return
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
-    auth = StackAuth(_stack_token(resolved), required=resolved.auth == "required")
+    auth = StackAuth(stack_token(resolved), required=resolved.auth == "required")
     service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port)
     token_file: Path | None = None
     supervisor: Supervisor | None = None
@@ -185,7 +196,8 @@ def launch(
             remove_token(token_file)
 
 
-def _stack_token(config: GymConfig) -> str:
+def stack_token(config: GymConfig) -> str:
+    """The stack's token: the config's `auth_token`, else $GYM_AUTH_TOKEN, else a new random one."""
     if config.auth_token is not None:
         return config.auth_token.get_secret_value()
     return os.environ.get(AUTH_TOKEN_ENV) or new_token()

@@ -3,7 +3,8 @@
 The launcher writes one JSON object, `{"name", "spec", "auth_required"}` (the instance name, its resolved config
 block, and whether every route needs the stack token), then closes the pipe: the config, secrets included, never
 appears in the process's environment or command line. GYM_REGISTRY_URL says where to register, and
-GYM_AUTH_TOKEN_FILE names the file holding the stack token (only its path is in the environment). The process
+GYM_AUTH_TOKEN_FILE names the file holding the stack token (only its path is in the environment), GYM_BIND_HOST
+the address to serve on (127.0.0.1 unless the Ray backend places the server on a node: then that node's address). The process
 binds 127.0.0.1:0 itself (no pick-then-bind race), serves the app with uvicorn on that socket, registers its URL
 once it accepts connections, and deregisters when it stops (SIGTERM or SIGINT: graceful shutdown, exit code 0).
 """
@@ -28,6 +29,7 @@ from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, ServerError,
 from gym_core.keepalive import DEFAULT_KEEP_ALIVE_S
 from gym_core.server import GymServer, bind_socket, uvicorn_server
 
+BIND_HOST_ENV = "GYM_BIND_HOST"
 GC_YOUNG_THRESHOLD = 50_000
 
 
@@ -186,7 +188,7 @@ def main() -> None:
         if auth_required and server.auth.token is None:
             raise ServeError(f"auth: required but no stack token: set {AUTH_TOKEN_FILE_ENV}")
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(run(server, registry_url))
+            runner.run(run(server, registry_url, os.environ.get(BIND_HOST_ENV) or "127.0.0.1"))
     except (ServeError, AuthError) as exc:
         sys.exit(f"{name}: {exc}")
 

@@ -1,47 +1,48 @@
-"""A first simple collector: POST task rows to an agent's /run, stream every rollout to JSONL as it completes.
+"""The collector: POST task rows to their agents' /run, stream every rollout to JSONL as it completes.
 (`collect_in_memory` is the same machinery without files, for a trainer collecting in-process.)
 
-Rows are read lazily and at most `concurrency` rollouts exist at any time (a semaphore is taken *before*
-each task is created), so memory is bounded by what is in flight, not by the dataset. A rollout that fails
-(HTTP error, timeout, unreachable agent, a body without a reward, or an agent-reported `_ng_failure_class`)
-goes to the `<stem>_failures.jsonl` sidecar with its error and class (rollout/failures.py); it never becomes a
-reward of 0. While an upstream is down, rollouts are held, not failed (rollout/backoff.py). A result the agent
-marks `_ng_no_persist` (kill-shaped: SIGTERM, OOM, actor death) is written nowhere and only counted
+Each row goes to the agent its `agent_ref.name` names, else to the default agent (by name or URL;
+rollout/routing.py); settings from `SamplingOptions` (temperature, top_p, max_output_tokens, a per-rollout seed)
+are applied to its `responses_create_params` (rollout/sampling.py). Rows are read lazily and at most
+`concurrency` rollouts exist at any time (rollout/dispatch.py), so memory is bounded by what is in flight, not by
+the dataset. A rollout that fails (HTTP error, timeout, unreachable agent, a body without a reward, or an
+agent-reported `_ng_failure_class`) goes to the `<stem>_failures.jsonl` sidecar with its error and class
+(rollout/failures.py); it never becomes a reward of 0. While an upstream is down, rollouts are held, not failed
+(rollout/backoff.py). A result the agent marks `_ng_no_persist` (kill-shaped) is written nowhere and only counted
 (`not_persisted`), so a later resume runs it again, as in NeMo Gym.
 
 Without `resume` both files start empty (the sidecar too, so no stale attempts leak into a later resume). With
-`resume`, rollouts already in the output (keyed by `(_ng_task_index, _ng_rollout_index)`) are skipped, each
-sidecar row counts as a failed attempt, a rollout is retried until `max_attempts` (with `_ng_attempt_index`
-set), and both files are appended to (see rollout/resume.py). With `trajectories`, the training trajectory
-(rollout/trajectory.py) of each successful rollout is written to that JSONL as it completes. At the end, the
-agent's /aggregate_metrics over every row of the output goes to `<stem>_aggregate_metrics.json` (rollout/metrics.py).
+`resume`, rollouts already in the output (keyed by agent, `_ng_task_index` and `_ng_rollout_index`) are skipped,
+each sidecar row counts as a failed attempt, a rollout is retried until `max_attempts` (with `_ng_attempt_index`
+set), and both files are appended to (rollout/resume.py). With `trajectories`, the training trajectory
+(rollout/trajectory.py) of each successful rollout is written to that JSONL as it completes. At the end, each
+agent's /aggregate_metrics over its rows of the output goes to `<stem>_aggregate_metrics.json`
+(rollout/metrics.py). Counts and metrics are per agent and overall.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
-import math
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 import orjson
 from tqdm import tqdm
 
-from gym_core.client import get_client
-from gym_core.protocol import is_reward
-from rollout.backoff import BackoffPolicy, UpstreamGate
-from rollout.failures import failure_record
-from rollout.metrics import aggregate, format_key_metrics, metrics_path
-from rollout.resume import DEFAULT_MAX_ATTEMPTS, ResumeState, iter_jsonl, key_of, load_state, open_for_collection
+from rollout.dispatch import Expansion, dispatch, expand
+from rollout.metrics import MetricsReport, aggregate, format_key_metrics, metrics_path
+from rollout.resume import DEFAULT_MAX_ATTEMPTS, KeySet, ResumeState, iter_jsonl, load_state, open_for_collection
+from rollout.routing import AgentRoutes
+from rollout.sampling import SamplingOptions
+from rollout.sinks import AgentTotals, FileSink, MemorySink, Totals
 from rollout.trajectory import TrajectoryError, to_trajectory
 
-log = logging.getLogger(__name__)
+__all__ = ["CollectOptions", "CollectionSummary", "DataError", "MemorySink", "SamplingOptions", "collect",
+           "collect_in_memory", "count_rows", "failures_path", "read_rows"]
 
 DEFAULT_CONCURRENCY = 32
 DEFAULT_TIMEOUT_S = 600.0
@@ -51,27 +52,82 @@ class DataError(ValueError):
     """A task file problem, reported as `file:line: what is wrong`."""
 
 
+@dataclass(frozen=True)
+class CollectOptions:
+    """How to collect. `agent_name` names the default agent (default: the agent argument itself, or for a URL the
+    name its /health reports); `agents` maps further agent names to URLs (others are looked up in the registry)."""
+
+    agent_name: str | None = None
+    agents: dict[str, str] = field(default_factory=dict)
+    num_repeats: int = 1
+    concurrency: int = DEFAULT_CONCURRENCY
+    timeout: float = DEFAULT_TIMEOUT_S
+    total: int | None = None
+    progress: bool = True
+    resume: bool = False
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    trajectories: Path | None = None
+    aggregate_metrics: bool = True
+    sampling: SamplingOptions = SamplingOptions()
+
+    def __post_init__(self) -> None:
+        if self.num_repeats < 1 or self.concurrency < 1 or self.timeout <= 0 or self.max_attempts < 1:
+            raise ValueError("num_repeats, concurrency and max_attempts must be >= 1 and timeout > 0")
+
+    @classmethod
+    def of(cls, options: CollectOptions | None, **overrides: Any) -> CollectOptions:
+        """`options` (or the defaults) with keyword overrides; an unknown keyword is a TypeError."""
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown collect option(s): {', '.join(sorted(unknown))}")
+        return replace(options or cls(), **overrides)
+
+
 @dataclass
 class CollectionSummary:
-    """What a collection produced."""
+    """What a collection produced, overall and per agent."""
 
-    count: int
-    failures: int
-    reward_sum: float
+    agents: dict[str, AgentTotals]
     elapsed_s: float
     output: Path
     failures_output: Path
-    resumed: int = 0
     gave_up: int = 0
     trajectory_errors: int = 0
     trajectories_output: Path | None = None
-    metrics: dict[str, Any] | None = None
-    not_persisted: int = 0
+    metrics: list[dict[str, Any]] | None = None  # one `{agent_ref, agent_metrics, ...}` entry per agent
+    metrics_errors: dict[str, str] = field(default_factory=dict)
+    workers_lost: int = 0  # Ray workers that died during a sharded collection (rollout/ray_collect.py)
+    workers_cpu_s: float | None = None  # CPU seconds the Ray workers used collecting (start-up not counted)
+
+    @property
+    def total(self) -> AgentTotals:
+        """Every agent's counts together."""
+        return Totals(self.agents).overall()
+
+    @property
+    def count(self) -> int:
+        """Successful rollouts."""
+        return self.total.count
+
+    @property
+    def failures(self) -> int:
+        """Failed attempts (each in the sidecar)."""
+        return self.total.failures
+
+    @property
+    def resumed(self) -> int:
+        """Rollouts a resume found finished."""
+        return self.total.resumed
+
+    @property
+    def not_persisted(self) -> int:
+        """Kill-shaped results, written nowhere (a resume runs them again)."""
+        return self.total.not_persisted
 
     @property
     def mean_reward(self) -> float:
         """Mean reward over successful rollouts (nan when there were none)."""
-        return self.reward_sum / self.count if self.count else math.nan
+        return self.total.mean_reward
 
     @property
     def rollouts_per_s(self) -> float:
@@ -79,23 +135,42 @@ class CollectionSummary:
         return (self.count + self.failures) / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def line(self) -> str:
-        """One metrics line for logs and the terminal."""
-        resumed = f" resumed={self.resumed} gave_up={self.gave_up}" if self.resumed or self.gave_up else ""
-        resumed += f" not_persisted={self.not_persisted}" if self.not_persisted else ""
-        keys = f" {format_key_metrics(self.key_metrics)}" if self.key_metrics else ""
-        return (f"rollouts={self.count} mean_reward={self.mean_reward:.4f} failures={self.failures} "
-                f"rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s{resumed}{keys}")
+        """One metrics line for logs and the terminal (and one per agent when there were several)."""
+        total = self.total
+        text = _totals_text(total) + f" rollouts/s={self.rollouts_per_s:.2f} elapsed={self.elapsed_s:.1f}s"
+        text += f" gave_up={self.gave_up}" if self.gave_up and not total.resumed else ""
+        text += f" workers_lost={self.workers_lost}" if self.workers_lost else ""
+        keys = f" {format_key_metrics(self.key_metrics)}" if self.key_metrics and len(self.agents) == 1 else ""
+        if len(self.agents) <= 1:
+            return text + keys
+        per_agent = [f"  {name}: {_totals_text(t)} {format_key_metrics(self._keys_of(name))}".rstrip()
+                     for name, t in self.agents.items()]
+        return "\n".join([text, *per_agent])
+
+    def _keys_of(self, agent: str) -> dict[str, Any]:
+        for entry in self.metrics or []:
+            if entry["agent_ref"]["name"] == agent and isinstance(entry.get("key_metrics"), dict):
+                return entry["key_metrics"]
+        return {}
 
     @property
     def key_metrics(self) -> dict[str, Any]:
-        """The environment's key metrics (e.g. `pass@4/reward`), empty when aggregation was skipped."""
-        keys = (self.metrics or {}).get("key_metrics")
-        return keys if isinstance(keys, dict) else {}
+        """The environments' key metrics (e.g. `pass@4/reward`); with several agents named `agent/metric`."""
+        entries = self.metrics or []
+        if len(entries) == 1:
+            return dict(entries[0].get("key_metrics") or {})
+        return {f"{e['agent_ref']['name']}/{k}": v for e in entries for k, v in (e.get("key_metrics") or {}).items()}
 
     @property
     def metrics_output(self) -> Path | None:
         """`<stem>_aggregate_metrics.json` when it was written."""
-        return metrics_path(self.output) if self.metrics is not None else None
+        return metrics_path(self.output) if self.metrics else None
+
+
+def _totals_text(t: AgentTotals) -> str:
+    text = f"rollouts={t.count} mean_reward={t.mean_reward:.4f} failures={t.failures}"
+    text += f" resumed={t.resumed}" if t.resumed else ""
+    return text + (f" not_persisted={t.not_persisted}" if t.not_persisted else "")
 
 
 def failures_path(output: Path) -> Path:
@@ -130,109 +205,75 @@ def count_rows(path: Path, limit: int | None = None) -> int:
     return total if limit is None else min(total, limit)
 
 
-async def collect(
-    agent_url: str,
-    rows: Iterable[dict[str, Any]],
-    output: Path,
-    *,
-    agent_name: str,
-    num_repeats: int = 1,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    total: int | None = None,
-    progress: bool = True,
-    resume: bool = False,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    trajectories: Path | None = None,
-    aggregate_metrics: bool = True,
-    backoff: BackoffPolicy | None = None,
-) -> CollectionSummary:
-    """Run every row `num_repeats` times against the agent at `agent_url`; write results as they complete;
-    then (unless `aggregate_metrics` is False) the agent's metrics over the whole output (rollout/metrics.py)."""
-    if num_repeats < 1 or concurrency < 1 or timeout <= 0 or max_attempts < 1:
-        raise ValueError("num_repeats, concurrency and max_attempts must be >= 1 and timeout > 0")
+async def start_routes(agent: str, options: CollectOptions) -> AgentRoutes:
+    """The agent routes of a collection, the default agent named (for a URL, by its /health when it says)."""
+    routes = AgentRoutes(agent, options.agents, options.agent_name)
+    await routes.name_default_agent()
+    return routes
+
+
+def prepare(output: Path, default_agent: str, options: CollectOptions) -> ResumeState:
+    """Make the output's folder; with `resume`, what the files already hold."""
     output.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = failures_path(output)
+    if not options.resume:
+        return ResumeState()
     try:
-        state = load_state(output, sidecar) if resume else ResumeState()
+        return load_state(output, failures_path(output), default_agent)
     except ValueError as exc:
         raise DataError(str(exc)) from None
-    bar = tqdm(total=None if total is None else total * num_repeats, file=sys.stderr, disable=not progress,
-               unit="rollout", dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def open_sink(output: Path, options: CollectOptions) -> Iterator[FileSink]:
+    """The output, sidecar and trajectory files (truncated, or appended to on resume) behind a progress bar."""
+    total = None if options.total is None else options.total * options.num_repeats
+    bar = tqdm(total=total, file=sys.stderr, disable=not options.progress, unit="rollout", dynamic_ncols=True)
     with contextlib.ExitStack() as files, bar:
-        out = files.enter_context(open_for_collection(output, resume))
-        failed = files.enter_context(open_for_collection(sidecar, resume))
-        traj = files.enter_context(_open_trajectories(trajectories, output, resume)) if trajectories else None
-        sink = _Sink(out, failed, bar, traj)
+        out = files.enter_context(open_for_collection(output, options.resume))
+        failed = files.enter_context(open_for_collection(failures_path(output), options.resume))
+        traj = (files.enter_context(_open_trajectories(options.trajectories, output, options.resume))
+                if options.trajectories else None)
+        yield FileSink(out, failed, bar, traj)
+
+
+async def finish(routes: AgentRoutes, sink: FileSink, state: ResumeState, output: Path, options: CollectOptions,
+                 started: float) -> CollectionSummary:
+    """Aggregate each agent's metrics (unless disabled) and sum the collection up."""
+    elapsed = time.perf_counter() - started
+    report = (await aggregate(routes, output, routes.default_name, options.timeout)
+              if options.aggregate_metrics else MetricsReport())
+    return CollectionSummary(sink.totals.agents, elapsed, output, failures_path(output),
+                             state.exhausted(options.max_attempts), sink.trajectory_errors, options.trajectories,
+                             report.entries or None, report.errors)
+
+
+async def collect(agent: str, rows: Iterable[dict[str, Any]], output: Path, *, options: CollectOptions | None = None,
+                  **overrides: Any) -> CollectionSummary:
+    """Run every row `num_repeats` times on its agent (`agent` by name or URL for rows without an `agent_ref`);
+    write results as they complete; then each agent's metrics over the whole output. Options come as a
+    `CollectOptions` and/or as its fields by keyword (`num_repeats=4, concurrency=64, ...`)."""
+    options = CollectOptions.of(options, **overrides)
+    routes = await start_routes(agent, options)
+    state = prepare(output, routes.default_name, options)
+    how = Expansion(options.num_repeats, routes.default_name, options.sampling, options.max_attempts)
+    with open_sink(output, options) as sink:
         started = time.perf_counter()
-        todo = _expand(rows, num_repeats, agent_name, state, max_attempts, sink)
-        await _dispatch(agent_url, todo, sink, concurrency, timeout, UpstreamGate(backoff))
-    metrics = await aggregate(agent_url, output, agent_name, timeout) if aggregate_metrics else None
-    return CollectionSummary(sink.count, sink.failures, sink.reward_sum, time.perf_counter() - started,
-                             output, sidecar, sink.resumed, state.exhausted(max_attempts), sink.trajectory_errors,
-                             trajectories, metrics, sink.not_persisted)
+        await dispatch(routes, expand(rows, how, state, sink), sink, options.concurrency, options.timeout)
+    return await finish(routes, sink, state, output, options, started)
 
 
-class Sink(Protocol):
-    """Where results go as they complete: files (`collect`) or memory (`collect_in_memory`)."""
-
-    def success(self, row: dict[str, Any], reward: float) -> None: ...
-    def failure(self, row: dict[str, Any]) -> None: ...
-    def unpersisted(self, row: dict[str, Any]) -> None: ...
-    def skipped(self, finished: bool) -> None: ...
-
-
-class MemorySink:
-    """Keeps results and failed attempts in memory, for a trainer collecting in-process."""
-
-    def __init__(self) -> None:
-        self.results: list[dict[str, Any]] = []
-        self.failed: list[dict[str, Any]] = []
-        self.not_persisted = 0
-
-    def success(self, row: dict[str, Any], reward: float) -> None:
-        """A finished rollout (its row, stamped with task and rollout index)."""
-        self.results.append(row)
-
-    def failure(self, row: dict[str, Any]) -> None:
-        """A failed attempt, with its typed error."""
-        self.failed.append(row)
-
-    def unpersisted(self, row: dict[str, Any]) -> None:
-        """A kill-shaped result (`_ng_no_persist`): only counted."""
-        self.not_persisted += 1
-
-    def skipped(self, finished: bool) -> None:
-        """Nothing is skipped without resume."""
-
-
-async def collect_in_memory(agent_url: str, rows: Iterable[dict[str, Any]], *, agent_name: str,
+async def collect_in_memory(agent: str, rows: Iterable[dict[str, Any]], *, agent_name: str | None = None,
                             num_repeats: int = 1, concurrency: int = DEFAULT_CONCURRENCY,
-                            timeout: float = DEFAULT_TIMEOUT_S, backoff: BackoffPolicy | None = None) -> MemorySink:
+                            timeout: float = DEFAULT_TIMEOUT_S,
+                            sampling: SamplingOptions | None = None) -> MemorySink:
     """`collect` without files or resume: every row `num_repeats` times, results kept in completion order."""
-    if num_repeats < 1 or concurrency < 1 or timeout <= 0:
-        raise ValueError("num_repeats and concurrency must be >= 1 and timeout > 0")
+    options = CollectOptions(agent_name=agent_name, num_repeats=num_repeats, concurrency=concurrency,
+                             timeout=timeout, sampling=sampling or SamplingOptions())
+    routes = await start_routes(agent, options)
     sink = MemorySink()
-    todo = _expand(rows, num_repeats, agent_name, ResumeState(), 1, sink)
-    await _dispatch(agent_url, todo, sink, concurrency, timeout, UpstreamGate(backoff))
+    how = Expansion(num_repeats, routes.default_name, options.sampling, 1)
+    await dispatch(routes, expand(rows, how, ResumeState(), sink), sink, concurrency, timeout)
     return sink
-
-
-async def _dispatch(agent_url: str, rows: Iterator[dict[str, Any]], sink: Sink, concurrency: int,
-                    timeout: float, gate: UpstreamGate) -> None:
-    """At most `concurrency` rollouts in flight; a row is pulled only once a slot is free."""
-    slots = asyncio.Semaphore(concurrency)
-    running: set[asyncio.Task] = set()
-    try:
-        for row in rows:
-            await slots.acquire()
-            task = asyncio.create_task(_run_one(agent_url, row, timeout, sink, gate))
-            running.add(task)
-            task.add_done_callback(lambda t: (running.discard(t), slots.release()))
-        await asyncio.gather(*running)
-    finally:
-        for task in running:
-            task.cancel()
 
 
 def _open_trajectories(path: Path, output: Path, resume: bool) -> BinaryIO:
@@ -240,105 +281,12 @@ def _open_trajectories(path: Path, output: Path, resume: bool) -> BinaryIO:
     path.parent.mkdir(parents=True, exist_ok=True)
     file = open_for_collection(path, resume)
     if resume:
-        written = {(t.get("task_index"), t.get("repeat_index")) for t in iter_jsonl(path)}
+        written = KeySet()  # trajectories carry no agent: keyed by (task, repeat)
+        for t in iter_jsonl(path):
+            written.add(("", t.get("task_index"), t.get("repeat_index")))
         for row in iter_jsonl(output):
-            if key_of(row) not in written:
+            if ("", row.get("_ng_task_index"), row.get("_ng_rollout_index")) not in written:
                 with contextlib.suppress(TrajectoryError):
                     file.write(orjson.dumps(to_trajectory(row).to_dict(), option=orjson.OPT_APPEND_NEWLINE))
         file.flush()
     return file
-
-
-def _expand(rows: Iterable[dict[str, Any]], num_repeats: int, agent_name: str, state: ResumeState,
-            max_attempts: int, sink: Sink) -> Iterator[dict[str, Any]]:
-    """Each row `num_repeats` times in a row ("abc" -> "aabbcc"), stamped with its task and rollout index;
-    rollouts that need no new attempt (finished, terminal, out of attempts) are skipped."""
-    agent_ref = {"type": "responses_api_agents", "name": agent_name}
-    for position, row in enumerate(rows):
-        task_index = row.get("_ng_task_index", position)
-        for repeat in range(num_repeats):
-            key = (task_index, repeat)
-            if state.skip(key, max_attempts):
-                sink.skipped(key in state.done)
-                continue
-            attempt = {"_ng_attempt_index": state.attempts[key]} if state.attempts[key] else {}
-            yield {**row, "agent_ref": row.get("agent_ref", agent_ref),
-                   "_ng_task_index": task_index, "_ng_rollout_index": repeat, **attempt}
-
-
-async def _run_one(agent_url: str, row: dict[str, Any], timeout: float, sink: Sink, gate: UpstreamGate) -> None:
-    """One rollout (held while an upstream is down); every failure ends in the sidecar with a typed error."""
-    stamps = {k: row[k] for k in ("_ng_task_index", "_ng_rollout_index", "agent_ref", "_ng_attempt_index")
-              if k in row}
-    try:
-        result = await gate.call(lambda: get_client().post_json(agent_url, "/run", row, timeout=timeout))
-    except Exception as exc:  # error statuses, timeouts, refused connections, bad JSON: this rollout's failure
-        sink.failure({**stamps, **failure_record(exc)})
-        return
-    reward = result.get("reward") if isinstance(result, dict) else None
-    if isinstance(result, dict) and result.get("_ng_no_persist"):
-        sink.unpersisted(stamps)  # kill-shaped: written nowhere, so a resume runs it again
-    elif isinstance(result, dict) and result.get("_ng_failure_class"):
-        failure_class = str(result["_ng_failure_class"])
-        message = str(result.get("error") or "the agent reported a failure")
-        terminal = {"_ng_failure_terminal": True} if result.get("_ng_failure_terminal") else {}
-        sink.failure({**stamps, "_ng_failure_class": failure_class, **terminal,
-                      "error": {"type": failure_class, "message": message}})
-    elif not is_reward(reward):
-        sink.failure({**stamps, "error": {"type": "invalid_response",
-                                          "message": f"/run answered without a numeric `reward`: {str(result)[:300]}"}})
-    else:
-        sink.success({**result, **stamps}, float(reward))
-
-
-class _Sink:
-    """Appends results to the output, the failure sidecar and the trajectories as they arrive; keeps totals."""
-
-    def __init__(self, out: BinaryIO, failed: BinaryIO, bar: tqdm, trajectories: BinaryIO | None = None) -> None:
-        self.out, self.failed, self.bar, self.trajectories = out, failed, bar, trajectories
-        self.count = self.failures = self.resumed = self.trajectory_errors = self.not_persisted = 0
-        self.reward_sum = 0.0
-
-    def success(self, row: dict[str, Any], reward: float) -> None:
-        """A finished rollout: its row, then (when asked for) its trajectory."""
-        self.out.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-        self.out.flush()
-        self._trajectory(row)
-        self.count += 1
-        self.reward_sum += reward
-        self._tick()
-
-    def failure(self, row: dict[str, Any]) -> None:
-        """A failed attempt, to the sidecar."""
-        self.failed.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-        self.failed.flush()
-        self.failures += 1
-        self._tick()
-
-    def unpersisted(self, row: dict[str, Any]) -> None:
-        """A kill-shaped result (`_ng_no_persist`): in neither file, so `--resume` re-dispatches it."""
-        self.not_persisted += 1
-        self._tick()
-
-    def skipped(self, finished: bool) -> None:
-        """A rollout not run again (resume): already finished, or given up on."""
-        self.resumed += finished
-        self.bar.update(1)
-
-    def _trajectory(self, row: dict[str, Any]) -> None:
-        """Write the rollout's trajectory; a rollout that is not token-exact stays in the output, unwritten here."""
-        if self.trajectories is None:
-            return
-        try:
-            trajectory = to_trajectory(row)
-        except TrajectoryError as exc:
-            self.trajectory_errors += 1
-            log.warning("rollout %s has no training trajectory: %s", key_of(row), exc)
-            return
-        self.trajectories.write(orjson.dumps(trajectory.to_dict(), option=orjson.OPT_APPEND_NEWLINE))
-        self.trajectories.flush()
-
-    def _tick(self) -> None:
-        mean = self.reward_sum / self.count if self.count else math.nan
-        self.bar.set_postfix_str(f"mean_reward={mean:.3f} failures={self.failures}", refresh=False)
-        self.bar.update(1)

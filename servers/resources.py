@@ -15,14 +15,14 @@ An environment subclasses `ResourcesServer`, marks its tools with `@tool` and wr
 
 A tool's JSON schema comes from its signature (minus `self` and `session`) and docstring; it is served at
 `POST /<name>`. Raise `ToolError` for a result the model should see as an error. Optional hooks: `seed` (prepare
-a session from the task row), `compute_metrics`. CPU-heavy verification goes through `run_in_process`.
+a session from the task row), `compute_metrics` (metrics over a list of rows; without it `/aggregate_metrics` is
+computed incrementally, servers/metrics.py). CPU-heavy verification goes through `run_in_process`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import math
 import re
 import time
 import typing
@@ -38,6 +38,15 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from gym_core.protocol import Message, Response as EpisodeResponse, TaskRow, VerifyRequest, dumps, is_reward, loads
+from servers.metrics import (
+    Accumulator,
+    MetricsAccumulator,
+    MetricsInputError,
+    MetricsRuns,
+    RowsAccumulator,
+    aggregate_metrics,
+    pass_at_k,
+)
 from gym_core.server import (
     GymServer,
     JSONResponse,
@@ -51,6 +60,12 @@ from gym_core.sessions import SessionRefused
 
 __all__ = ["ResourcesServer", "ResourcesConfig", "RowError", "Session", "SessionStore", "ToolError", "ToolSpec",
            "VerifyRequest", "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "row_fields", "tool"]
+
+# `POST /aggregate_metrics` in parts: NDJSON bodies (one verify response per line) of one run, in order.
+NDJSON = "application/x-ndjson"
+METRICS_RUN_HEADER = "X-Gym-Metrics-Run"
+METRICS_PART_HEADER = "X-Gym-Metrics-Part"
+METRICS_FINAL_HEADER = "X-Gym-Metrics-Final"
 
 # Routes of the base; a tool may not take one of these names.
 RESERVED_NAMES = frozenset({"seed_session", "verify", "aggregate_metrics", "tools", "health", "mcp"})
@@ -273,6 +288,7 @@ class ResourcesServer(GymServer):
         super().__init__(name, config)
         self.sessions = SessionStore(self.config.session_ttl_s, self.config.max_sessions)
         self._pool: ProcessPoolExecutor | None = None
+        self._metric_runs = MetricsRuns()
 
     async def seed(self, row: TaskRow, session: Session) -> None:
         """Hook: prepare a rollout's session from its task row (default: nothing)."""
@@ -402,65 +418,76 @@ class ResourcesServer(GymServer):
         # The raw row is echoed back untouched: fields the env does not declare survive the round trip.
         return Response(dumps({**raw, **fields, "reward": float(reward)}), media_type="application/json")
 
+    def metrics_accumulator(self) -> Accumulator:
+        """A fresh accumulator for `/aggregate_metrics`: incremental, unless the environment overrides
+        `compute_metrics` (then its rows are kept and handed to it at the end)."""
+        if type(self).compute_metrics is ResourcesServer.compute_metrics:
+            return MetricsAccumulator()
+        return RowsAccumulator(self.compute_metrics)
+
     async def _metrics_route(self, request: Request) -> Response:
+        """NeMo Gym's `{"verify_responses": [...]}`, or NDJSON parts of one run (see `METRICS_RUN_HEADER`).
+
+        Parsing and computing run on a worker thread: a big request never holds up other routes.
+        """
+        body = await request.body()
         try:
-            rows = loads(await request.body())["verify_responses"]
-            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                raise TypeError("verify_responses must be a list of objects")
-        except (ValueError, KeyError, TypeError) as err:
-            return error_response(422, f'/aggregate_metrics expects {{"verify_responses": [...]}}: {err}')
-        return Response(dumps(self.compute_metrics(rows)), media_type="application/json")
+            if request.headers.get("content-type", "").startswith(NDJSON):
+                return await self._metrics_part(request, body)
+            accumulator = self.metrics_accumulator()
+            await asyncio.to_thread(_feed_json, accumulator, body)
+        except MetricsInputError as err:
+            return error_response(422, f"/aggregate_metrics: {err}")
+        return Response(dumps(await asyncio.to_thread(accumulator.result)), media_type="application/json")
+
+    async def _metrics_part(self, request: Request, body: bytes) -> Response:
+        """One NDJSON part: folded into its run; the final part answers the metrics."""
+        run_id = request.headers.get(METRICS_RUN_HEADER)
+        final = request.headers.get(METRICS_FINAL_HEADER, "1" if run_id is None else "0") in ("1", "true")
+        part = request.headers.get(METRICS_PART_HEADER, "0")
+        if not part.isdigit() or (run_id is not None and not 0 < len(run_id) <= 128):
+            raise MetricsInputError(f"{METRICS_PART_HEADER} must be a part number and {METRICS_RUN_HEADER} "
+                                    "1-128 characters")
+        accumulator = (self.metrics_accumulator() if run_id is None
+                       else self._metric_runs.take(run_id, int(part), self.metrics_accumulator))
+        try:
+            await asyncio.to_thread(_feed_lines, accumulator, body)
+        except MetricsInputError:
+            if run_id is not None:
+                self._metric_runs.finish(run_id)
+            raise
+        if not final:
+            return JSONResponse({"run": run_id, "rows": accumulator.count}, status_code=202)
+        if run_id is not None:
+            self._metric_runs.finish(run_id)
+        return Response(dumps(await asyncio.to_thread(accumulator.result)), media_type="application/json")
 
     async def _tools_route(self) -> dict[str, Any]:
         return {"tools": self.tool_schemas()}
 
 
-# ---------------------------------------------------------------------------------------------- metrics
+def _feed_json(accumulator: Accumulator, body: bytes) -> None:
+    """`{"verify_responses": [...]}` into the accumulator; a wrong shape names what is wrong."""
+    try:
+        rows = loads(body)["verify_responses"]
+    except (ValueError, KeyError, TypeError) as err:
+        problem = f"{type(err).__name__}: {str(err)[:200]}"
+        raise MetricsInputError(f'expects {{"verify_responses": [...]}} ({problem})') from None
+    if not isinstance(rows, list):
+        raise MetricsInputError(f"verify_responses must be a list, got {type(rows).__name__}")
+    for position, row in enumerate(rows):
+        try:
+            accumulator.add(row)
+        except MetricsInputError as err:
+            raise MetricsInputError(f"verify_responses[{position}]: {err}") from None
 
 
-def aggregate_metrics(rows: list[dict]) -> dict[str, Any]:
-    """NeMo-Gym-shaped metrics: means of numeric fields, count, per-task groups and pass@k over repeats."""
-    agent_metrics: dict[str, Any] = {"count": len(rows), **_means(rows)}
-    groups: dict[Any, list[dict]] = {}
-    for i, row in enumerate(rows):
-        groups.setdefault(row.get("_ng_task_index", f"row{i}"), []).append(row)
-    group_level = [{"_ng_task_index": task, "count": len(g), **_means(g)}
-                   for task, g in groups.items() if "_ng_task_index" in g[0]]
-    agent_metrics.update(pass_at_k(list(groups.values())))
-    key_metrics = {k: v for k, v in agent_metrics.items() if k == "mean/reward" or k.startswith("pass@")}
-    return {"agent_metrics": agent_metrics, "key_metrics": key_metrics, "group_level_metrics": group_level}
-
-
-def _means(rows: list[dict]) -> dict[str, float]:
-    """Mean of every top-level numeric field and `response.usage` count (bools as 0/1; `_ng_*` skipped)."""
-    sums: dict[str, list[float]] = {}
-    for row in rows:
-        response = row.get("response")
-        usage = response.get("usage") if isinstance(response, dict) else None
-        for key, value in {**(usage if isinstance(usage, dict) else {}), **row}.items():
-            if isinstance(value, (int, float)) and not key.startswith("_ng_"):
-                sums.setdefault(key, []).append(float(value))
-    return {f"mean/{key}": sum(vals) / len(vals) for key, vals in sums.items()}
-
-
-def pass_at_k(groups: list[list[dict]]) -> dict[str, float]:
-    """pass@k of `reward` for k = 1..(smallest group), when tasks were repeated.
-
-    Binary rewards use the unbiased estimator 1 - C(n-c, k) / C(n, k); other rewards the mean over tasks of
-    the best of the first k repeats (by `_ng_rollout_index`). Values are fractions in [0, 1].
-    """
-    rewards = [[float(r["reward"]) for r in sorted(g, key=lambda r: r.get("_ng_rollout_index", 0))
-                if isinstance(r.get("reward"), (int, float))] for g in groups]
-    rewards = [g for g in rewards if g]
-    max_k = min((len(g) for g in rewards), default=0)
-    if max_k < 2:
-        return {}
-    binary = all(r in (0.0, 1.0) for g in rewards for r in g)
-    out = {}
-    for k in range(1, max_k + 1):
-        if binary:
-            per_task = [1.0 - math.comb(len(g) - int(sum(g)), k) / math.comb(len(g), k) for g in rewards]
-        else:
-            per_task = [max(g[:k]) for g in rewards]
-        out[f"pass@{k}/reward"] = sum(per_task) / len(per_task)
-    return out
+def _feed_lines(accumulator: Accumulator, body: bytes) -> None:
+    """NDJSON verify responses into the accumulator; a bad line is named by its number in this part."""
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            accumulator.add(loads(line))
+        except ValueError as err:
+            raise MetricsInputError(f"line {number}: {str(err)[:200]}") from None

@@ -204,7 +204,8 @@ class ToolCallingAgent(GymServer):
             return _model_error("invalid_arguments", f"arguments of {name!r} must be a JSON object")
         reply = await self._call("resources", self.config.resources, f"/{name}", arguments, episode,
                                  ok=MODEL_VISIBLE_STATUSES)
-        return reply.text
+        # Our servers answer UTF-8 JSON or text; decoding directly skips httpx's charset detection on every call.
+        return reply.content.decode("utf-8", "replace")
 
     async def _call(self, role: str, server: str, path: str, body: Any, episode: Episode,
                     ok: frozenset[int] = frozenset(), row_fault: bool = False) -> httpx.Response:
@@ -268,14 +269,18 @@ class ToolCallingAgent(GymServer):
             return error_response(err.status, str(err), err.error_type)
 
     async def _metrics_route(self, request: Request) -> Response:
-        """Metrics are the environment's to compute: forward to the resources server."""
+        """Metrics are the environment's to compute: the body (one piece, or an NDJSON part) goes on untouched."""
+        forwarded = {k: v for k, v in request.headers.items() if k.lower() in _METRICS_HEADERS}
         try:
-            reply = await get_client().post(self.config.resources, "/aggregate_metrics", loads(await request.body()))
-        except ValueError as err:
-            return _invalid(err, "/aggregate_metrics expects JSON")
+            reply = await get_client().request("POST", self.config.resources, "/aggregate_metrics",
+                                               content=await request.body(), headers=forwarded)
         except (httpx.HTTPError, ServerNotRegistered) as exc:
             return error_response(502, f"resources server {self.config.resources!r} failed: {exc}", "resources_error")
         return Response(reply.content, status_code=reply.status_code, media_type="application/json")
+
+
+# What /aggregate_metrics passes on: the body's type and the part headers (servers/resources.py).
+_METRICS_HEADERS = frozenset({"content-type", "x-gym-metrics-run", "x-gym-metrics-part", "x-gym-metrics-final"})
 
 
 def _add_usage(total: ResponseUsage, usage: Any) -> None:

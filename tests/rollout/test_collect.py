@@ -65,7 +65,7 @@ async def test_concurrency_and_resident_tasks_are_bounded(stack: Stack, tmp_path
 
     def rows() -> Iterator[dict]:
         for i in range(40):
-            resident.append(sum(1 for t in asyncio.all_tasks() if t.get_coro().__name__ == "_run_one"))
+            resident.append(sum(1 for t in asyncio.all_tasks() if t.get_coro().__name__ == "run_in_slot"))
             yield row(reward_value=1.0, _ng_task_index=100 + i)
 
     try:

@@ -14,7 +14,7 @@ from gym_core.client import close_client
 from gym_core.demo import main as demo
 from gym_core.launcher import Stack
 from rollout.collect import CollectionSummary, collect
-from rollout.metrics import metrics_path, request_body, strip_row
+from rollout.metrics import metrics_path, strip_row
 
 QUICKSTART = Path(__file__).parents[2] / "examples" / "quickstart.yaml"
 
@@ -40,14 +40,6 @@ def test_strip_row_keeps_usage_only() -> None:
             "response": {"output": [{"type": "message"}], "usage": {"input_tokens": 3}}}
     assert strip_row(full) == {"reward": 1.0, "_ng_task_index": 0, "response": {"usage": {"input_tokens": 3}}}
     assert strip_row({"reward": 0.0, "response": {"output": []}}) == {"reward": 0.0}
-
-
-def test_request_body_streams_the_output(tmp_path: Path) -> None:
-    output = tmp_path / "o.jsonl"
-    output.write_text("".join(json.dumps(row(reward=float(i), response={"output": ["big"]})) + "\n" for i in range(3)))
-    body, count = request_body(output)
-    assert count == 3 and json.loads(body) == {"verify_responses": [{"reward": float(i)} for i in range(3)]}
-    assert request_body(tmp_path / "missing.jsonl") == (b'{"verify_responses":[]}', 0)
 
 
 async def test_metrics_file_has_nemo_gym_shape(stack: Stack, tmp_path: Path) -> None:
@@ -78,6 +70,7 @@ async def test_failing_aggregation_warns_and_keeps_the_rollouts(stack: Stack, tm
         summary = await run(stack, [row(fail_aggregate=True)], output)
     assert summary.count == 2 and summary.metrics is None and summary.metrics_output is None
     assert not metrics_path(output).exists() and len(output.read_text().splitlines()) == 2
+    assert "no metrics" in summary.metrics_errors["fake"]  # reported, never a silently missing file
     assert "/aggregate_metrics" in caplog.text and "no metrics" in caplog.text
 
 

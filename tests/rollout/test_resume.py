@@ -19,7 +19,7 @@ from gym_core.cli import main as gym
 from gym_core.client import close_client
 from gym_core.launcher import Stack
 from rollout.collect import DataError, collect, failures_path
-from rollout.resume import load_state, trim_partial_line
+from rollout.resume import KeySet, load_state, trim_partial_line
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
@@ -84,15 +84,15 @@ def test_a_truncated_last_line_is_trimmed_with_a_warning(tmp_path: Path, caplog)
     sidecar = failures_path(output)
     sidecar.write_text(json.dumps({"_ng_task_index": 2, "_ng_rollout_index": 0}))  # whole, only the newline lost
     with caplog.at_level(logging.WARNING, logger="rollout.resume"):
-        state = load_state(output, sidecar)
+        state = load_state(output, sidecar, "a")
     assert output.read_text() == good and "r.jsonl: the last line is incomplete" in caplog.text
     assert sidecar.read_text().endswith("}\n")
-    assert state.done == {(0, 0)} and state.attempts == Counter({(2, 0): 1})
+    assert len(state.done) == 1 and ("a", 0, 0) in state.done and state.attempts == Counter({("a", 2, 0): 1})
     trim_partial_line(output)  # a whole file is left alone
     assert output.read_text() == good
     output.write_text(good + "{broken\n" + good)
     with pytest.raises(ValueError, match=r"r.jsonl:2: not valid JSON"):
-        load_state(output, sidecar)
+        load_state(output, sidecar, "a")
 
 
 async def test_truncated_output_then_resume_in_process(stack: Stack, tmp_path: Path) -> None:
@@ -152,3 +152,17 @@ async def test_trajectories_skip_rollouts_that_are_not_token_exact(stack: Stack,
     summary = await run(stack, [row(with_tokens=True, reward_value=0.5), row()], output, resume=True,
                         trajectories=trajectories)
     assert summary.resumed == 2 and [t["task_index"] for t in lines(trajectories)] == [0]
+
+
+def test_key_set_is_compact_and_exact() -> None:
+    keys = KeySet()
+    for task in range(200_000):
+        for repeat in range(4):
+            keys.add(("env", task, repeat))
+    keys.add(("env", 0, 0))  # twice counts once
+    keys.add(("env", "task-x", 0))  # not an integer index: kept as is
+    keys.add(("other", 5, 1))
+    assert len(keys) == 800_002
+    assert ("env", 199_999, 3) in keys and ("env", 200_000, 0) not in keys and ("other", 5, 0) not in keys
+    assert ("env", "task-x", 0) in keys and ("env", -1, 0) not in keys and ("nobody", 0, 0) not in keys
+    assert keys.nbytes < 4 * 200_000 // 8 * 2  # a bit per rollout (with growth slack), not a tuple per rollout
