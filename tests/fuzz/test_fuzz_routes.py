@@ -54,12 +54,6 @@ VALID: dict[tuple[str, str], Any] = {
 }
 # A 501 `not_implemented` is a declared answer, not a crash: the scripted engine has no tokenizer or weights,
 # and says which engines serve /v1/completions, /tokenize and POST /v1/weights.
-# 5xx found here whose fix is another part of issue 10's work: reported as xfail until it lands, then passing.
-FIXED_ELSEWHERE = {
-    ("weather", "/aggregate_metrics"): "issue 10 finding 7 (the scale engineer's): a list or object as "
-                                       "_ng_task_index, mixed-type _ng_rollout_index -> TypeError",
-    ("agent", "/aggregate_metrics"): "forwards the resources server's /aggregate_metrics (finding 7, scale)",
-}
 SERVERS = {
     "policy": PolicyServer("policy", {"engine": "scripted"}),
     "weather": Weather("weather", {}),
@@ -164,11 +158,6 @@ def test_no_route_answers_5xx_or_hangs(stack: Stack, http: httpx.Client, server:
             raise AssertionError(f"{method} {path} on {server} answered {reply.status_code} to "
                                  f"{body[:300]!r}: {reply.text[:500]}")
 
-    try:
-        one()
-    except AssertionError:
-        if (server, path) in FIXED_ELSEWHERE:
-            pytest.xfail(FIXED_ELSEWHERE[(server, path)])
-        raise
+    one()
     record_property("injected", f"{sum(seen.values())} generated bodies to {method} {path} ({server})")
     record_property("outcome", "statuses " + ", ".join(f"{code}x{n}" for code, n in sorted(seen.items())))
