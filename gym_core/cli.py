@@ -4,15 +4,15 @@
   gym status                                                    # what is running (asks the registry)
   gym rollout --agent agent --input data.jsonl --output out/rollouts.jsonl --num-repeats 4
   gym down                                                      # stop what `gym up` started
-  gym env test weather                                          # run an environment's tests
+  gym env list                                                  # the environments, one line each
+  gym env new my_env                                            # scaffold a working environment
+  gym env test weather                                          # conformance table + the environment's tests
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -74,14 +74,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_rollout_parser(commands)
 
-    env = commands.add_parser("env", help="environment tools", description="Environment tools.")
+    _add_env_parser(commands)
+    return parser
+
+
+def _add_env_parser(commands: Any) -> None:
+    env = commands.add_parser("env", help="environment tools: list, new, test",
+                              description="The environment authoring kit: see the catalog, scaffold a new "
+                              "environment, run the conformance check.")
     env_commands = env.add_subparsers(dest="env_command", metavar="COMMAND", required=True)
-    test = env_commands.add_parser("test", help="run an environment's tests with pytest",
-                                   description="Run pytest on environments/NAME (extra arguments go to pytest).")
-    test.add_argument("name", help="environment name, e.g. weather")
+    listing = env_commands.add_parser("list", help="the environments, one line each",
+                                      description="Every environment: its name, reward range, what the model does "
+                                      "and how it is rewarded.")
+    listing.set_defaults(handler=cmd_env_list)
+    new = env_commands.add_parser("new", help="scaffold a working environment to start from",
+                                  description="Write ROOT/NAME/: app.py, config.yaml, 5 example rows, a seeded "
+                                  "generator, README.md and tests. It passes `gym env test NAME` as written.")
+    new.add_argument("name", help="the new environment's name (lowercase, digits, _)")
+    new.add_argument("--root", type=Path, default=Path("environments"),
+                     help="folder to create it in (default: ./environments)")
+    new.add_argument("--force", action="store_true", help="overwrite the files of an existing folder")
+    new.set_defaults(handler=cmd_env_new)
+    test = env_commands.add_parser(
+        "test", help="conformance check of an environment, plus its own tests",
+        description="Run the conformance check (example rows, rewards of known attempts, session isolation, "
+        "cleanup after many rollouts, the tool deadline, determinism, adversarial output) and the "
+        "environment's own pytest tests; print a pass/fail table; exit 1 on any failure. Arguments after NAME "
+        "that are not the options below go to pytest.")
+    test.add_argument("name", help="environment name (e.g. weather) or the path of its folder")
+    _add_check_options(test)
     test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
     test.set_defaults(handler=cmd_env_test)
-    return parser
+
+
+def _add_check_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-pytest", action="store_true", help="skip the environment's own tests")
+    parser.add_argument("--rollouts", type=int, default=1000, help="rollouts in the cleanup check (default 1000)")
+    parser.add_argument("--sessions", type=int, default=64, help="sessions in the isolation check (default 64)")
 
 
 def _add_rollout_parser(commands: Any) -> None:
@@ -244,19 +273,68 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
     return 0 if summary.count or summary.resumed else 1
 
 
-def cmd_env_test(args: argparse.Namespace) -> int:
-    """`gym env test NAME`: pytest on environments/NAME."""
-    spec = importlib.util.find_spec("environments")
-    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    available = sorted(d.name for root in roots for d in root.iterdir() if (d / "app.py").is_file())
-    if args.name not in available:
-        close = difflib.get_close_matches(args.name, available, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        print(f"gym env test: no environment '{args.name}'{hint}; available: {', '.join(available) or 'none'}",
-              file=sys.stderr)
+def cmd_env_list(args: argparse.Namespace) -> int:
+    """`gym env list`: the catalog, one line per environment."""
+    from servers.kit.catalog import KitError, load_environment, shipped_environments
+
+    rows = []
+    for name in shipped_environments():
+        try:
+            env = load_environment(name)
+        except (KitError, ImportError, ValueError) as exc:
+            rows.append([name, "-", f"(cannot load: {exc})", ""])
+            continue
+        low, high = env.server_class.reward_range
+        rows.append([name, f"[{low:g}, {high:g}]", *env.summary()])
+    print(format_table(["NAME", "REWARD", "WHAT THE MODEL DOES", "HOW IT IS REWARDED"], rows))
+    return 0
+
+
+def cmd_env_new(args: argparse.Namespace) -> int:
+    """`gym env new NAME`: scaffold an environment."""
+    from servers.kit.catalog import KitError
+    from servers.kit.scaffold import scaffold
+
+    try:
+        written = scaffold(args.name, args.root, force=args.force)
+    except KitError as exc:
+        print(f"gym env new: {exc}", file=sys.stderr)
         return 2
-    path = next(root / args.name for root in roots if (root / args.name / "app.py").is_file())
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", str(path), *args.pytest_args])
+    folder = written[0].parent
+    print("\n".join(f"wrote {path}" for path in written))
+    print(f"next: edit {folder / 'app.py'}, then `gym env test {folder}`")
+    return 0
+
+
+def cmd_env_test(args: argparse.Namespace) -> int:
+    """`gym env test NAME`: the conformance table, after the environment's own pytest run."""
+    from servers.kit.catalog import KitError, load_environment
+    from servers.kit.check import FAIL, CheckOptions, CheckResult, format_results, run_checks
+
+    options = argparse.ArgumentParser(add_help=False)
+    _add_check_options(options)
+    flags, pytest_args = options.parse_known_args(args.pytest_args, namespace=argparse.Namespace(**vars(args)))
+    try:
+        env = load_environment(args.name)
+    except KitError as exc:
+        print(f"gym env test: {exc}", file=sys.stderr)
+        return 2
+    results: list[CheckResult] = []
+    if not flags.no_pytest:
+        started = time.perf_counter()
+        code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(env.folder),
+                                *pytest_args])
+        status = "pass" if code == 0 else ("skip" if code == 5 else FAIL)
+        detail = {0: "its tests pass", 5: "no tests collected"}.get(code, f"pytest exited with {code} (output above)")
+        results.append(CheckResult("pytest", status, detail, time.perf_counter() - started))
+    check = CheckOptions(rollouts=flags.rollouts, sessions=flags.sessions)
+    results = asyncio.run(run_checks(env, check)) + results
+    print(f"\ngym env test {env.name} ({env.folder})")
+    print(format_results(results))
+    failed = [r.name for r in results if r.status == FAIL]
+    print(f"FAILED: {', '.join(failed)}" if failed else f"all {len(results)} checks passed "
+          f"({sum(r.status == 'skip' for r in results)} skipped)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

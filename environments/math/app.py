@@ -7,7 +7,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 from servers.answers import MAX_SCAN_CHARS, answer_metrics, answer_region, last_boxed
-from servers.resources import ResourcesServer, Session, VerifyRequest, final_answer
+from servers.resources import ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
 
 # Relative tolerance for numeric answers (absolute below 1): 0.3333333 matches 1/3, 0.33 does not.
 TOLERANCE = 1e-6
@@ -92,3 +92,8 @@ class Math(ResourcesServer):
     def compute_metrics(self, verify_responses: list[dict]) -> dict:
         """Means and pass@k, plus majority@k over the extracted answers."""
         return answer_metrics(verify_responses)
+
+    def known_attempts(self, row: TaskRow) -> tuple[str, str]:
+        """For `gym env test`: the expected answer boxed, and a boxed answer that is off."""
+        expected = str(row.extra["expected_answer"])
+        return f"Working it out... so the answer is \\boxed{{{expected}}}.", f"I think it is \\boxed{{{expected}1}}."
