@@ -27,8 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-Kind = Literal["policy", "resources", "agent"]
-KINDS: tuple[str, ...] = ("policy", "resources", "agent")
+Kind = Literal["policy", "resources", "agent", "external"]
+KINDS: tuple[str, ...] = ("policy", "resources", "agent", "external")
 
 # Fields of a server block that name another server, and the kind that server must have.
 REFERENCE_KINDS: dict[str, str] = {"policy": "policy", "judge": "policy", "resources": "resources", "agent": "agent"}
@@ -67,8 +67,8 @@ class GymConfig(BaseModel):
     servers: dict[str, ServerSpec]
 
     def of_kind(self, kind: str) -> list[str]:
-        """Names of the servers of one kind, in config order."""
-        return [name for name, spec in self.servers.items() if spec.kind == kind]
+        """Names of the servers of one kind, in config order (an external server counts as the kind it serves)."""
+        return [name for name, spec in self.servers.items() if _serves(spec) == kind]
 
 
 def load_config(source: str | Path | Mapping[str, Any] | GymConfig, overrides: Sequence[str] = ()) -> GymConfig:
@@ -314,6 +314,8 @@ def _check_block(name: str, block: Any, origins: dict[Path_, str]) -> list[str]:
     if kind not in KINDS:
         hint = _did_you_mean(str(kind), KINDS)
         return [err("kind", f"unknown kind '{kind}'{hint}; expected one of {', '.join(KINDS)}")]
+    if kind == "external":
+        return _check_external(block, err)
     entrypoint = block.get("entrypoint")
     if entrypoint is not None:
         if not isinstance(entrypoint, str) or not _ENTRYPOINT_RE.match(entrypoint):
@@ -339,6 +341,23 @@ def _check_implementation(block: dict, err: Any) -> list[str]:
         known = ", ".join(sorted(available)) or "none"
         return [err(key, f"no {what} '{value}'{_did_you_mean(value, sorted(available))}; available: {known}")]
     return []
+
+
+def _check_external(block: dict, err: Any) -> list[str]:
+    """A `kind: external` block must be what gym_core/external.py can start."""
+    from gym_core.external import ExternalSpec  # a small module; imported only for configs that use it
+
+    try:
+        ExternalSpec.model_validate(block)
+    except ValidationError as exc:
+        return [err(".".join(map(str, e["loc"])) or None, str(e["msg"]).removeprefix("Value error, "))
+                for e in exc.errors()]
+    return []
+
+
+def _serves(spec: ServerSpec) -> str:
+    """The kind a server answers as: its own, or for an external server the kind it `serves`."""
+    return str(getattr(spec, "serves", "other")) if spec.kind == "external" else spec.kind
 
 
 def _modules_in(package: str, want_package: bool) -> set[str] | None:
@@ -377,8 +396,10 @@ def _check_references(name: str, spec: ServerSpec, config: GymConfig, origins: d
                 hint = _did_you_mean(target, config.of_kind(want) or list(config.servers))
                 errors.append(f"{where}: no server named '{target}'{hint}; {want} servers: "
                               f"{', '.join(config.of_kind(want)) or 'none'}")
-            elif config.servers[target].kind != want:
-                errors.append(f"{where}: '{target}' is of kind {config.servers[target].kind}, expected kind {want}")
+            elif _serves(config.servers[target]) != want:
+                errors.append(f"{where}: '{target}' is of kind {config.servers[target].kind}, expected kind {want}"
+                              + (f" (an external server names its kind with `serves: {want}`)"
+                                 if config.servers[target].kind == "external" else ""))
     return errors
 
 

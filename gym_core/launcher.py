@@ -29,6 +29,7 @@ from typing import IO
 
 import httpx
 
+from gym_core import external
 from gym_core.client import REGISTRY_URL_ENV
 from gym_core.config import GymConfig, load_config
 from gym_core.registry import Registry, RegistryService
@@ -55,6 +56,7 @@ class ServerProcess:
     url: str | None = None
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     reader: threading.Thread | None = None
+    health_path: str = "/health"  # answers 200 once the server is up
 
     @property
     def pid(self) -> int:
@@ -127,8 +129,12 @@ def launch(
         service.start()
         width = max(len(name) for name in resolved.servers)
         for name, spec in resolved.servers.items():
-            processes[name] = _spawn(name, spec.kind, spec.block(), service.url, echo_logs, width)
-        _wait_until_healthy(processes, service.registry, start_timeout)
+            if spec.kind == "external":  # any command; registered on its behalf once healthy (gym_core/external.py)
+                processes[name] = external.spawn(name, spec.block(), service.registry, service.url, echo_logs, width)
+            else:
+                processes[name] = _spawn(name, spec.kind, spec.block(), service.url, echo_logs, width)
+        blocks = [spec.block() for spec in resolved.servers.values()]
+        _wait_until_healthy(processes, service.registry, max(start_timeout, external.start_timeout(blocks)))
         yield Stack(resolved, service.url, processes, stop)
     finally:
         stop_processes(list(processes.values()), stop_grace)
@@ -175,7 +181,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
                     raise LaunchError(f"server '{name}' exited with code {code} while starting; "
                                       f"its last log lines:\n{server.tail()}")
                 info = registry.get(name)
-                if info is not None and _healthy(http, info.url):
+                if info is not None and _healthy(http, info.url + server.health_path):
                     server.url = info.url
                     del pending[name]
             if pending and time.monotonic() > deadline:
@@ -187,7 +193,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
 
 def _healthy(http: httpx.Client, url: str) -> bool:
     try:
-        return http.get(f"{url}/health").status_code == 200
+        return http.get(url).status_code == 200
     except httpx.HTTPError:
         return False
 

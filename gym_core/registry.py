@@ -46,6 +46,11 @@ class Registry:
         with self._lock:
             return self._servers.get(name)
 
+    def register(self, info: ServerInfo) -> None:
+        """Record a server (what POST /register does; the launcher calls it for servers it registers itself)."""
+        with self._lock:
+            self._servers[info.name] = info
+
     def all(self) -> list[ServerInfo]:
         """Every registered server, in registration order."""
         with self._lock:
