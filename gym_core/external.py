@@ -119,7 +119,8 @@ def spawn(name: str, block: dict[str, Any], registry: Registry, registry_url: st
         process = subprocess.Popen(argv, cwd=spec.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
     except OSError as exc:
-        raise OSError(f"server '{name}': cannot run {argv[0]!r} ({exc.strerror}); check `command:` and `cwd:`") from None
+        message = f"server '{name}': cannot run {argv[0]!r} ({exc.strerror}); check `command:` and `cwd:`"
+        raise OSError(message) from None
     server = ServerProcess(name, "external", process, health_path=spec.health_path)
     prefix = f"{name:<{width}} | " if echo else None
     server.reader = threading.Thread(target=_read_log, args=(process.stdout, server.log, prefix),

@@ -32,7 +32,7 @@ STORE: dict = {}
 ATTEMPTS = """
     def known_attempts(self, row: TaskRow):
         target = row.extra["target"]
-        return Attempt("Done.", (("increment", {"by": target}),)), Attempt("Done.", (("increment", {"by": target + 1}),))
+        return Attempt("Done.", (("increment", {"by": target}),)), Attempt("", (("increment", {"by": target + 1}),))
 """
 GOOD_TOOL = """
     @tool
