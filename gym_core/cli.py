@@ -4,6 +4,7 @@
   gym status                                                    # what is running (asks the registry)
   gym rollout --agent agent --input data.jsonl --output out/rollouts.jsonl --num-repeats 4
   gym down                                                      # stop what `gym up` started
+  gym dataset check examples/quickstart.yaml                    # every dataset row parses and has an agent
   gym env list                                                  # the environments, one line each
   gym env new my_env                                            # scaffold a working environment
   gym env test weather                                          # conformance table + the environment's tests
@@ -25,6 +26,7 @@ import httpx
 
 from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, close_client, get_client
 from gym_core.config import ConfigError
+from gym_core.datasets import DatasetError
 from gym_core.launcher import LaunchError, format_table, launch
 from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S, DataError, collect, count_rows, read_rows
 from rollout.resume import DEFAULT_MAX_ATTEMPTS
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (ConfigError, LaunchError, DataError, OSError) as exc:
+    except (ConfigError, LaunchError, DataError, DatasetError, OSError) as exc:
         print(f"gym {args.command}: {exc}", file=sys.stderr)
         return 1
 
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rollout_parser(commands)
 
     _add_env_parser(commands)
+    _add_dataset_parser(commands)
     return parser
 
 
@@ -107,6 +110,28 @@ def _add_env_parser(commands: Any) -> None:
     test.set_defaults(handler=cmd_env_test)
 
 
+def _add_dataset_parser(commands: Any) -> None:
+    dataset = commands.add_parser("dataset", help="datasets: check, download",
+                                  description="The `datasets:` blocks of a config's servers.")
+    dataset_commands = dataset.add_subparsers(dest="dataset_command", metavar="COMMAND", required=True)
+    check = dataset_commands.add_parser(
+        "check", help="every row parses and its agent exists",
+        description="Read every row of every dataset of CONFIG (or of one split): each must be a task row in "
+        "NeMo Gym format and go to an agent of the config (its agent_ref, or the one agent using the dataset's "
+        "server). Prints a table; exits 1 on any problem.")
+    download = dataset_commands.add_parser(
+        "download", help="fetch Hugging Face datasets to their jsonl_fpath",
+        description="Fetch each dataset with a `source: {type: huggingface, repo_id, artifact_fpath}` whose "
+        "jsonl_fpath is missing (through the Hugging Face cache). Nothing else ever downloads data.")
+    for sub, handler in ((check, cmd_dataset_check), (download, cmd_dataset_download)):
+        sub.add_argument("config", help="YAML config file")
+        sub.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
+        sub.add_argument("--split", default=None, choices=["example", "train", "validation", "benchmark"],
+                         help="only the datasets of this split")
+        sub.set_defaults(handler=handler)
+    download.add_argument("--force", action="store_true", help="download again even if the file exists")
+
+
 def _add_check_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-pytest", action="store_true", help="skip the environment's own tests")
     parser.add_argument("--rollouts", type=int, default=1000, help="rollouts in the cleanup check (default 1000)")
@@ -120,7 +145,10 @@ def _add_rollout_parser(commands: Any) -> None:
         "as it completes; failed rollouts go to <output stem>_failures.jsonl. With --config the servers are "
         "started first and stopped afterwards.")
     rollout.add_argument("--agent", required=True, help="agent server name (as in the config)")
-    rollout.add_argument("--input", "-i", required=True, type=Path, help="task rows, JSONL")
+    rollout.add_argument("--input", "-i", type=Path, default=None, help="task rows, JSONL (or --split)")
+    rollout.add_argument("--split", default=None, metavar="NAME",
+                         help="instead of --input: the agent's datasets of this split (example, train, validation, "
+                         "benchmark) from the `datasets:` blocks of --config")
     rollout.add_argument("--output", "-o", required=True, type=Path, help="rollouts JSONL to write")
     rollout.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     rollout.add_argument("--num-repeats", type=int, default=1, help="rollouts per row (default 1)")
@@ -227,6 +255,12 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     if args.overrides and not args.config:
         print("gym rollout: overrides need --config", file=sys.stderr)
         return 2
+    if (args.input is None) == (args.split is None) or (args.split and not args.config):
+        print("gym rollout: give --input FILE, or --split NAME with --config CONFIG (its datasets: blocks say "
+              "which files a split is)", file=sys.stderr)
+        return 2
+    if args.split:
+        args.input = _split_input(args)
     if args.config is None:
         return _collect(args, _registry_url(args))
     signal.signal(signal.SIGTERM, _interrupt)
@@ -235,6 +269,24 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             print(f"gym rollout: no server named '{args.agent}' in {args.config}", file=sys.stderr)
             return 1
         return _collect(args, stack.registry_url)
+
+
+def _split_input(args: argparse.Namespace) -> Path:
+    """The task file of `--split`: the agent's one dataset of that split, or its several ones joined."""
+    from gym_core.config import load_config
+    from gym_core.datasets import split_rows
+
+    paths = split_rows(load_config(args.config, args.overrides), args.agent, args.split)
+    if len(paths) == 1:
+        return paths[0]
+    joined = args.output.with_name(f"{args.output.stem}_{args.split}_inputs.jsonl")
+    joined.parent.mkdir(parents=True, exist_ok=True)
+    with open(joined, "wb") as out:
+        for path in paths:
+            for line in path.read_bytes().splitlines():
+                if line.strip():
+                    out.write(line + b"\n")
+    return joined
 
 
 def _collect(args: argparse.Namespace, registry_url: str) -> int:
@@ -271,6 +323,38 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
         print(f"{summary.trajectory_errors} rollouts were not token-exact and have no trajectory (see the log)",
               file=sys.stderr)
     return 0 if summary.count or summary.resumed else 1
+
+
+def cmd_dataset_check(args: argparse.Namespace) -> int:
+    """`gym dataset check CONFIG`: every row of every dataset parses and goes to an existing agent."""
+    from gym_core.config import load_config
+    from gym_core.datasets import MAX_PROBLEMS_SHOWN, check
+
+    reports = check(load_config(args.config, args.overrides), args.split)
+    if not reports:
+        print(f"no datasets{f' of split {args.split}' if args.split else ''} in {args.config}", file=sys.stderr)
+        return 1
+    rows = [[r.dataset.spec.name, r.dataset.spec.type, r.dataset.server, str(r.rows),
+             ", ".join(sorted(r.agents)) or "-", f"{len(r.problems)} problems" if r.problems else "ok"]
+            for r in reports]
+    print(format_table(["DATASET", "SPLIT", "SERVER", "ROWS", "AGENTS", "RESULT"], rows))
+    for report in reports:
+        for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
+            print(f"  {problem}", file=sys.stderr)
+        if len(report.problems) > MAX_PROBLEMS_SHOWN:
+            print(f"  ... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more in {report.dataset.spec.name}",
+                  file=sys.stderr)
+    return 1 if any(r.problems for r in reports) else 0
+
+
+def cmd_dataset_download(args: argparse.Namespace) -> int:
+    """`gym dataset download CONFIG`: fetch the Hugging Face datasets that are not on disk yet."""
+    from gym_core.config import load_config
+    from gym_core.datasets import download
+
+    for dataset, outcome in download(load_config(args.config, args.overrides), args.split, force=args.force):
+        print(f"{dataset.spec.name} ({dataset.spec.type}): {outcome}")
+    return 0
 
 
 def cmd_env_list(args: argparse.Namespace) -> int:

@@ -27,6 +27,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from gym_core.datasets import DatasetSpec, anchor_paths
+
 Kind = Literal["policy", "resources", "agent", "external"]
 KINDS: tuple[str, ...] = ("policy", "resources", "agent", "external")
 
@@ -53,6 +55,7 @@ class ServerSpec(BaseModel):
 
     kind: Kind
     entrypoint: str | None = None  # "module:Class", or "module" holding exactly one GymServer subclass
+    datasets: list[DatasetSpec] | None = None  # task data of this server (gym_core/datasets.py)
 
     def block(self) -> dict[str, Any]:
         """The resolved config block handed to the server process."""
@@ -80,7 +83,9 @@ def load_config(source: str | Path | Mapping[str, Any] | GymConfig, overrides: S
     elif isinstance(source, Mapping):
         data = _merge({}, dict(source), (), "<config dict>", origins)
     else:
-        data = _load_file(Path(source), [], origins)
+        parsed = [parse_override(text) for text in overrides]
+        variables = {keys[0]: value for keys, value in parsed if len(keys) == 1 and _is_scalar(value)}
+        data = _load_file(Path(source), [], origins, variables)
     for text in overrides:
         keys, value = parse_override(text)
         _set_path(data, keys, value, f"override '{text}'", origins)
@@ -112,8 +117,13 @@ def _label(path: Path) -> str:
         return str(path)
 
 
-def _load_file(path: Path, chain: list[Path], origins: dict[Path_, str]) -> dict[str, Any]:
-    """Read one YAML file and its includes (depth first); the including file overrides what it includes."""
+def _load_file(path: Path, chain: list[Path], origins: dict[Path_, str],
+               variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read one YAML file and its includes (depth first); the including file overrides what it includes.
+
+    An include may name a top-level value, `include: [../environments/${environment}/config.yaml]`: it is read
+    from the overrides, then the including files, then this file (the same order in which they win).
+    """
     resolved = path.resolve()
     label = _label(path)
     if resolved in chain:
@@ -133,11 +143,36 @@ def _load_file(path: Path, chain: list[Path], origins: dict[Path_, str]) -> dict
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         raise ConfigError(f"{label}: {INCLUDE_KEY}: expected a file name or a list of file names")
+    anchor_paths(raw.get("servers"), resolved.parent)
+    scope = {**{k: v for k, v in raw.items() if _is_scalar(v)}, **(variables or {})}
     merged: dict[str, Any] = {}
     for name in includes:
-        included = _load_file(resolved.parent / name, [*chain, resolved], origins)
+        included = _load_file(resolved.parent / _include_path(name, scope, label), [*chain, resolved], origins, scope)
         merged = _merge(merged, included, (), None, origins)
     return _merge(merged, raw, (), label, origins)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def _include_path(name: str, scope: dict[str, Any], label: str) -> str:
+    """An include's file name with `${key}` (a top-level value) and `${env:VAR,default}` filled in."""
+
+    def fill(match: re.Match) -> str:
+        expr = match.group(1).strip()
+        scheme, colon, rest = expr.partition(":")
+        if colon and scheme == "env":
+            var, comma, default = rest.partition(",")
+            if var.strip() in os.environ or comma:
+                return os.environ.get(var.strip(), default.strip())
+            raise ConfigError(f"{label}: include '{name}': environment variable {var.strip()} is not set")
+        if expr in scope:
+            return str(scope[expr])
+        raise ConfigError(f"{label}: include '{name}': '{expr}' is not a top-level value of this file, of a file "
+                          f"including it, or an override (e.g. {expr}=...)")
+
+    return _INTERP_RE.sub(fill, name)
 
 
 def _merge(base: dict, extra: dict, prefix: Path_, label: str | None, origins: dict[Path_, str]) -> dict:
