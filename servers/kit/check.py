@@ -181,8 +181,11 @@ async def _check_rewards(h: Harness, rows: list[dict[str, Any]], lo: float, hi: 
     rewards: dict[tuple[int, int], float] = {}
     for index, (row, pair) in enumerate(zip(rows, attempts, strict=True)):
         for which, attempt in enumerate(pair):
-            reward = (await h.play(row, attempt))["reward"]
-            label = ("correct", "incorrect")[which]
+            body = await h.play(row, attempt)
+            reward, label = body["reward"], ("correct", "incorrect")[which]
+            assert not body.get("_ng_failure_class"), (
+                f"row {index + 1}, {label} attempt: verify reported a failure ({body['_ng_failure_class']}): "
+                f"{str(body.get('error', ''))[:300]}")
             assert is_reward(reward), f"row {index + 1}, {label} attempt: reward {reward!r} is not a finite number"
             assert lo <= reward <= hi, (f"row {index + 1}, {label} attempt: reward {reward} is outside the declared "
                                         f"reward_range {(lo, hi)}")
