@@ -40,8 +40,9 @@ def tool_schemas() -> list[dict[str, Any]]:
 def task(rng: random.Random) -> dict[str, Any]:
     """One task row: requirements some room meets, phrased as an opener and follow-ups."""
     while True:
-        wanted = Requirements(capacity=rng.randint(2, 14), features=rng.sample(sorted(FEATURE_LINES), rng.randint(1, 2)),
-                              floor=rng.choice([None, None, 1, 2, 3]))
+        capacity = rng.randint(2, 14)
+        features = rng.sample(sorted(FEATURE_LINES), rng.randint(1, 2))
+        wanted = Requirements(capacity=capacity, features=features, floor=rng.choice([None, None, 1, 2, 3]))
         fits = wanted.best_room()
         near = [rid for rid, room in ROOMS.items() if wanted.checks(room)[0] and not all(wanted.checks(room))]
         if fits and near:

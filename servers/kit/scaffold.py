@@ -114,7 +114,7 @@ class $Class(ResourcesServer):
         return Attempt(f"There are {count} in stock.", lookup), Attempt(f"There are {count + 1} in stock.", lookup)
 ''')
 
-CONFIG = Template('''# The $name environment's server block (named after the environment). Include it from a launch config:
+CONFIG = Template('''# The $name environment's server block, named after the environment. Include it from a config:
 #   include: [../environments/$name/config.yaml]
 # or point examples/quickstart.yaml at it: gym up examples/quickstart.yaml environment=$name
 servers:
@@ -128,7 +128,7 @@ servers:
       # - {name: ${name}_validation, type: validation, jsonl_fpath: data/validation.jsonl}
 ''')
 
-GENERATE = Template('''"""Write seeded train and validation splits of the $name task: python environments/$name/generate.py"""
+GENERATE = Template('''"""Seeded train and validation splits of the $name task: python environments/$name/generate.py"""
 
 from __future__ import annotations
 
