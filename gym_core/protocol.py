@@ -251,6 +251,7 @@ class Response(WireModel):
     parallel_tool_calls: bool = True
     tool_choice: str | dict[str, Any] = "auto"
     tools: list[Tool] = Field(default_factory=list)
+    metadata: dict[str, str] | None = None  # the policy server adds `model_version`
 
     @property
     def output_text(self) -> str:
@@ -349,6 +350,7 @@ class ChatCompletionResponse(WireModel):
     model: str = ""
     choices: list[ChatChoice]
     usage: ChatUsage | None = None
+    metadata: dict[str, str] | None = None  # the policy server adds `model_version`
 
 
 # ------------------------------------------------------------------------------ completions and tokenize
@@ -414,6 +416,31 @@ class TokenizeResponse(WireModel):
     tokens: list[int]
     count: int
     max_model_len: int | None = None
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+# The header on every policy response naming the weights that produced it (also `metadata.model_version`).
+MODEL_VERSION_HEADER = "X-Model-Version"
+# A version label travels in a header: visible ASCII, no spaces.
+MODEL_VERSION_PATTERN = r"^[!-~]{1,128}$"
+
+
+class WeightUpdateRequest(WireModel):
+    """`POST /v1/weights` as JSON: a safetensors file or checkpoint directory the policy server can read."""
+
+    path: str = Field(min_length=1)
+    version: str | None = Field(None, pattern=MODEL_VERSION_PATTERN)  # None: the server numbers it
+
+
+class WeightsInfo(WireModel):
+    """`GET /v1/weights` (and the answer to a POST): the weights being served."""
+
+    always_dump = ("model_version", "source", "loaded_at", "updates")
+    model_version: str
+    source: str | None = None  # the checkpoint path, "upload (N bytes)", or the model the server started with
+    loaded_at: float | None = None  # unix time the weights started serving
+    updates: int = 0  # weight updates since the server started
 
 
 # ---------------------------------------------------------------------------------------- verify and run

@@ -58,6 +58,7 @@ class GenerationResult:
     text: str | None = None  # None without a detokenizer
     num_reasoning_tokens: int | None = None  # tokens before </think>; None unless the prompt opened reasoning
     cached_tokens: int = 0  # prompt tokens restored from the prefix cache instead of prefilled
+    weights_version: str = "0"  # the weights when the request was admitted (a later swap may have served its tail)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class _Sequence:
     forcing: list[int] = field(default_factory=list)  # rest of the end-of-reasoning sequence to force
     next_logits: torch.Tensor | None = None  # logits the last token was sampled from
     cached: int = 0
+    weights_version: str = "0"
 
     @property
     def params(self) -> SamplingParams:
@@ -131,6 +133,7 @@ class Engine:
             reasoning = ReasoningTokens.from_tokenizer(tokenizer)
         self.reasoning = reasoning
         self.stats = EngineStats()
+        self.weights_version = "0"  # a label for the weights being served; swap_weights sets it
         self._waiting: deque[GenerationRequest] = deque()
         self._running: dict[int, _Sequence] = {}
         self._compiled_decode = None
@@ -173,6 +176,29 @@ class Engine:
         self._waiting.clear()
         self._running.clear()
 
+    def swap_weights(self, state: dict[str, torch.Tensor], version: str) -> None:
+        """Copy every tensor of `state` (as `model.loader.read_weights` builds it) into the model, in place.
+
+        Call it between steps: running sequences continue on the new weights, waiting ones start on them, and
+        prefix snapshots made with the old weights are dropped. Copying in place keeps compiled decode graphs
+        valid. Names, shapes and dtypes are all checked before anything is copied.
+        """
+        live = {**dict(self.model.named_parameters()), **dict(self.model.named_buffers())}
+        problems = [f"missing {name}" for name in live if name not in state]
+        for name, tensor in state.items():
+            mine = live.get(name)
+            if mine is None:
+                problems.append(f"unexpected {name}")
+            elif mine.shape != tensor.shape or mine.dtype != tensor.dtype:
+                problems.append(f"{name}: {tuple(tensor.shape)} {tensor.dtype}, serving {tuple(mine.shape)} {mine.dtype}")
+        if problems:
+            raise ValueError("new weights do not fit the model: " + "; ".join(problems[:20]))
+        with torch.no_grad():
+            for name, tensor in state.items():
+                live[name].copy_(tensor)
+        self.prefix_cache.clear()
+        self.weights_version = version
+
     @torch.inference_mode()
     def step(self) -> list[GenerationResult]:
         """Admit, prefill up to `prefill_chunk` prompt tokens, decode one token for the running batch."""
@@ -192,7 +218,8 @@ class Engine:
             request, slot = self._waiting.popleft(), free.pop(0)
             prompt = request.prompt_token_ids
             seq = _Sequence(request, slot, make_generator(request.params.seed, self.device), list(prompt),
-                            thinking=request.params.thinking_budget is not None and self._opens_reasoning(prompt))
+                            thinking=request.params.thinking_budget is not None and self._opens_reasoning(prompt),
+                            weights_version=self.weights_version)
             snap = self.prefix_cache.longest_prefix(prompt)
             if snap is None:
                 self.pool.reset(slot)
@@ -328,6 +355,7 @@ class Engine:
             request_id=seq.request.request_id, prompt_token_ids=list(seq.request.prompt_token_ids),
             token_ids=seq.tokens, logprobs=seq.logprobs, finish_reason=reason, text=text,
             num_reasoning_tokens=self._reasoning_count(seq), cached_tokens=seq.cached,
+            weights_version=seq.weights_version,
         )
 
     def _reasoning_count(self, seq: _Sequence) -> int | None:
@@ -339,7 +367,11 @@ class Engine:
 
 
 class AsyncEngine:
-    """Runs an Engine's step loop on a background thread; `await submit(request)` for each request."""
+    """Runs an Engine's step loop on a background thread; `await submit(request)` for each request.
+
+    Everything that touches the engine runs on that thread, between steps: new requests, and `call(fn)` for
+    anything else (a weight swap), so a step never sees the engine change under it.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -359,6 +391,15 @@ class AsyncEngine:
         self._inbox.put(request)
         return await future
 
+    async def call(self, fn: Callable[[Engine], Any]) -> Any:
+        """Run `fn(engine)` on the engine thread between two steps; its result, or its exception."""
+        if self._closed:
+            raise RuntimeError("AsyncEngine is closed")
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._inbox.put(_Call(fn, loop, future))
+        return await future
+
     def close(self) -> None:
         """Stop the loop thread after the current step; pending requests fail."""
         self._closed = True
@@ -373,7 +414,9 @@ class AsyncEngine:
                 while True:
                     item = self._inbox.get(block=block)
                     block = False
-                    if item is not None:
+                    if isinstance(item, _Call):
+                        item.run(self.engine)
+                    elif item is not None:
                         self._add(item)
             except queue.Empty:
                 pass
@@ -397,10 +440,31 @@ class AsyncEngine:
         loop, future = self._futures.pop(request_id, (None, None))
         if future is None:
             return
-        setter = future.set_exception if isinstance(outcome, BaseException) else future.set_result
-        loop.call_soon_threadsafe(lambda: future.done() or setter(outcome))
+        _settle(loop, future, outcome)
 
     def _fail_all(self, exc: BaseException) -> None:
         self.engine.abort_all()
         for request_id in list(self._futures):
             self._resolve(request_id, exc)
+
+
+@dataclass
+class _Call:
+    """A function to run on the engine thread between steps, and where its outcome goes."""
+
+    fn: Callable[[Engine], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+
+    def run(self, engine: Engine) -> None:
+        try:
+            outcome = self.fn(engine)
+        except Exception as exc:  # noqa: BLE001 -- handed to the awaiting caller
+            outcome = exc
+        _settle(self.loop, self.future, outcome)
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future, outcome: Any) -> None:
+    """Set a future's result (or exception) from the engine thread; a future already done stays as it is."""
+    setter = future.set_exception if isinstance(outcome, BaseException) else future.set_result
+    loop.call_soon_threadsafe(lambda: future.done() or setter(outcome))

@@ -7,13 +7,14 @@ per expert in the checkpoint (`mixer.experts.{e}.up_proj.weight`), are stacked i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from model.config import NemotronHConfig
@@ -69,6 +70,44 @@ def load(path: str | Path, dtype: torch.dtype = torch.float32,
     if config.tie_word_embeddings:
         model.lm_head.weight = model.backbone.embeddings.weight
     return model.eval()
+
+
+def read_weights(path: str | Path, model: NemotronHForCausalLM,
+                 device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors `load` would build for `model` from a checkpoint directory or one safetensors file.
+
+    Same names, stacking and dtype rules as `load` (the model's dtype; router and Mamba scalars float32), read
+    onto `device`, for swapping into a model that is already serving. A directory's config.json must agree with
+    the model's config wherever it changes the computation; every mismatch raises one ValueError.
+    """
+    source = resolve(path)
+    if not source.exists():
+        raise FileNotFoundError(f"{source} does not exist (send a safetensors file or a checkpoint directory)")
+    if source.is_dir():
+        if (source / "config.json").exists():
+            _check_same_architecture(NemotronHConfig.from_json(source / "config.json"), model.config)
+        files = _shards(source)
+    else:
+        files = [source]
+    expected = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+    try:
+        return _read_state(files, expected, model.dtype, torch.device(device))
+    except SafetensorError as exc:
+        raise ValueError(f"{source} is not a readable safetensors checkpoint: {exc}") from None
+
+
+# Config keys that do not change what the weights compute: a trainer's save may differ in these.
+_HARMLESS_CONFIG_KEYS = frozenset({"extra", "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings"})
+
+
+def _check_same_architecture(theirs: NemotronHConfig, ours: NemotronHConfig) -> None:
+    differ = [f"{f.name} {getattr(theirs, f.name)!r} (serving {getattr(ours, f.name)!r})"
+              for f in dataclasses.fields(ours)
+              if f.name not in _HARMLESS_CONFIG_KEYS and getattr(theirs, f.name) != getattr(ours, f.name)]
+    if differ:
+        raise ValueError("the checkpoint's config.json describes another architecture: " + "; ".join(differ))
 
 
 def _read_state(files: list[Path], expected: dict[str, torch.Tensor], dtype: torch.dtype,

@@ -64,6 +64,11 @@ class PrefixCache:
         while len(self._entries) > self.max_entries or self.nbytes > self.max_bytes:
             self.nbytes -= self._entries.popitem(last=False)[1].nbytes
 
+    def clear(self) -> None:
+        """Drop every snapshot (the weights they were computed with changed)."""
+        self._entries.clear()
+        self.nbytes = 0
+
     def longest_prefix(self, prompt: list[int]) -> Snapshot | None:
         """The longest stored sequence that is a prefix of `prompt` (or equal to it), marked recently used."""
         best = None

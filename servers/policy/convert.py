@@ -94,6 +94,8 @@ def chat_to_response(chat: ChatCompletionResponse, params: ResponseCreateParams)
         tools=params.tools,
         tool_choice=params.tool_choice or "auto",
         parallel_tool_calls=params.parallel_tool_calls if params.parallel_tool_calls is not None else True,
+        # The request's metadata is echoed (as OpenAI does), plus the engine's (model_version).
+        metadata={**(params.metadata or {}), **(chat.metadata or {})} or None,
     )
 
 

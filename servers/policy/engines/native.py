@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import tempfile
 import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -47,7 +49,7 @@ from gym_core.protocol import (
     loads,
 )
 from gym_core.server import describe_validation_error
-from servers.policy.engines.base import Engine, EngineConfig, EngineError
+from servers.policy.engines.base import Engine, EngineConfig, EngineError, WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,8 @@ class NativeEngine(Engine):
         self.spliced_prompts = 0  # prompts extended from an earlier turn's ids
         self.retokenized_prompts = 0  # prompts with earlier-turn ids that had to be tokenized whole
         self._warned_retokenize = False
+        self._weight_updates = 0
+        self._weights_lock = asyncio.Lock()  # one update at a time: each reads a whole checkpoint
 
     async def start(self) -> None:
         """Load the model and tokenizer (off the event loop) and start the generation thread."""
@@ -164,6 +168,45 @@ class NativeEngine(Engine):
             runner, self._runner = self._runner, None
             await asyncio.to_thread(runner.close)
 
+    async def update_weights(self, source: WeightSource) -> str:
+        """Read new weights off the event loop, then swap them in between two decode steps; the new version.
+
+        The tensors are read to CPU first (as `model.load` would build them), so a failure leaves the served
+        weights untouched, and the device needs no room for a second copy.
+        """
+        self._require_started()
+        async with self._weights_lock:
+            try:
+                state = await asyncio.to_thread(self._read_weights, source)
+            except (FileNotFoundError, ValueError) as exc:
+                raise EngineError(f"weights not loaded, still serving version {self.model_version}: {exc}", 422,
+                                  "invalid_weights") from None
+            version = source.version or str(self._weight_updates + 1)
+            try:
+                await self._runner.call(lambda generator: generator.swap_weights(state, version))
+            except ValueError as exc:
+                raise EngineError(f"weights not loaded, still serving version {self.model_version}: {exc}", 422,
+                                  "invalid_weights") from None
+            self._weight_updates += 1
+            self.model_version = version
+            log.info("native engine: serving weights version %s", version)
+            return version
+
+    def _read_weights(self, source: WeightSource) -> dict[str, Any]:
+        from model.loader import read_weights
+
+        if source.path is not None:
+            return read_weights(source.path, self.generator.model)
+        if not source.data:
+            raise ValueError("the upload is empty; send the safetensors bytes as the body")
+        # safetensors reads from a file (memory-mapped); the file goes as soon as the tensors are read.
+        with tempfile.NamedTemporaryFile(suffix=".safetensors", delete=False) as file:
+            file.write(source.data)
+        try:
+            return read_weights(file.name, self.generator.model)
+        finally:
+            os.unlink(file.name)
+
     async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
         """Render, generate and parse one completion (with the token fields when `return_token_ids`)."""
         self._require_started()
@@ -174,11 +217,12 @@ class NativeEngine(Engine):
         params = self.sampling_params(request, extras, max(room, 1))
         if room <= 0:
             # The conversation outgrew max_len: the episode ends here (as an upstream's context overflow does).
-            return self._completion(request, prompt, [], [], "", "length", cached=0, reasoning_tokens=None)
+            return self._completion(request, prompt, [], [], "", "length", cached=0, reasoning_tokens=None,
+                                    version=self.model_version)
         result = await self._generate(prompt.ids, params)
         return self._completion(request, prompt, result.token_ids, result.logprobs, result.text or "",
                                 result.finish_reason, cached=result.cached_tokens,
-                                reasoning_tokens=result.num_reasoning_tokens)
+                                reasoning_tokens=result.num_reasoning_tokens, version=result.weights_version)
 
     async def complete(self, request: CompletionRequest, *, session_id: str | None = None) -> CompletionResponse:
         """Continue a raw prompt (text, tokenized as is without a BOS, or token ids); no chat template."""
@@ -351,7 +395,7 @@ class NativeEngine(Engine):
     # ---- completion -----------------------------------------------------------------------------
     def _completion(self, request: ChatCompletionRequest, prompt: Prompt, token_ids: list[int],
                     logprobs: list[float], text: str, finish_reason: str, *, cached: int,
-                    reasoning_tokens: int | None) -> ChatCompletionResponse:
+                    reasoning_tokens: int | None, version: str) -> ChatCompletionResponse:
         """The generated text parsed into an assistant message, with usage and (optionally) the token fields."""
         from model.tool_calls import parse_generation
 
@@ -379,7 +423,8 @@ class NativeEngine(Engine):
         message = ChatMessage(role="assistant", content=content or (None if calls else ""), **fields)
         return ChatCompletionResponse(
             model=self.model_name, usage=_usage(len(prompt.ids), len(token_ids), cached, reasoning_tokens),
-            choices=[ChatChoice(message=message, finish_reason="tool_calls" if calls else finish_reason)])
+            choices=[ChatChoice(message=message, finish_reason="tool_calls" if calls else finish_reason)],
+            metadata={"model_version": version})
 
 
 def _native_params(request: ChatCompletionRequest | CompletionRequest) -> NativeParams:
