@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,10 @@ def cmd_env_test(args: argparse.Namespace) -> int:
         env = load_environment(args.name)
     except KitError as exc:
         print(f"gym env test: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # the author's app.py does not import: show where, as Python would
+        print(f"gym env test: cannot load {args.name}: {''.join(traceback.format_exception_only(exc)).strip()}",
+              file=sys.stderr)
         return 2
     results: list[CheckResult] = []
     if not flags.no_pytest:

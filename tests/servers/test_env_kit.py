@@ -190,3 +190,23 @@ def test_gym_env_test_exits_1_on_a_failing_environment(env_root: Path) -> None:
                            "--rollouts", "200"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "FAILED: cleanup" in done.stdout and "STORE grew by 200" in done.stdout
+
+
+def test_an_environment_that_does_not_import_is_reported_where(tmp_path: Path, capsys) -> None:
+    from gym_core.cli import main as gym
+
+    (tmp_path / "kit_syntax").mkdir()
+    (tmp_path / "kit_syntax" / "app.py").write_text("def oops(:\n")
+    assert gym(["env", "test", str(tmp_path / "kit_syntax")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load" in err and "app.py\", line 1" in err and "SyntaxError" in err
+
+
+def test_gym_env_list_has_one_line_per_environment(capsys) -> None:
+    from gym_core.cli import main as gym
+
+    assert gym(["env", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    names = [line.split()[0] for line in lines[1:]]
+    assert lines[0].split()[:2] == ["NAME", "REWARD"] and {"counter", "multi_turn", "genrm_judge"} <= set(names)
+    assert all("[0, 1]" in line for line in lines[1:])
