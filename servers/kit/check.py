@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from gym_core.launcher import format_table
 from gym_core.protocol import TaskRow, is_reward
 from gym_core.server import describe_validation_error
 from servers.kit.adversarial import adversarial_outputs, raw_bodies
@@ -86,7 +87,7 @@ async def run_checks(env: Environment, options: CheckOptions = CheckOptions()) -
     lo, hi = env.server_class.reward_range
     try:
         async with harness(env) as h:
-            baseline = await _timed(results, "rewards", _check_rewards(h, rows, lo, hi)) if rows else None
+            baseline = await _timed(results, "rewards", _check_rewards(h, rows, lo, hi))
             await _timed(results, "isolation", _check_isolation(h, baseline, options.sessions))
             await _timed(results, "cleanup", _check_cleanup(h, baseline, options))
             await _timed(results, "tool deadline", _check_tool_deadline(env, rows, options))
@@ -99,8 +100,6 @@ async def run_checks(env: Environment, options: CheckOptions = CheckOptions()) -
 
 def format_results(results: list[CheckResult]) -> str:
     """The pass/fail table."""
-    from gym_core.launcher import format_table
-
     rows = [[r.name, r.status.upper() if r.status == FAIL else r.status, f"{r.seconds:.1f}s", r.detail]
             for r in results]
     return format_table(["CHECK", "RESULT", "TIME", "DETAIL"], rows)
@@ -176,7 +175,10 @@ async def _check_openai_types(rows: list[dict[str, Any]]) -> tuple[None, str]:
 # --------------------------------------------------------------------------------------------- rewards
 
 
-async def _check_rewards(h: Harness, rows: list[dict[str, Any]], lo: float, hi: float) -> tuple[Baseline, str]:
+async def _check_rewards(h: Harness, rows: list[dict[str, Any]] | None, lo: float,
+                         hi: float) -> tuple[Baseline, str]:
+    if not rows:
+        raise _Skip("needs example rows")
     attempts = [h.attempts(row) for row in rows]
     rewards: dict[tuple[int, int], float] = {}
     for index, (row, pair) in enumerate(zip(rows, attempts, strict=True)):
