@@ -170,14 +170,21 @@ def download(config: GymConfig, split: str | None = None, force: bool = False) -
         elif target.is_file() and not force:
             done.append((dataset, f"already at {target}"))
         else:
-            from huggingface_hub import hf_hub_download  # only this command needs it
-
-            cached = hf_hub_download(source.repo_id, source.artifact_fpath, repo_type="dataset",
+            cached = _hf_hub_download()(source.repo_id, source.artifact_fpath, repo_type="dataset",
                                      revision=source.revision)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cached, target)
             done.append((dataset, f"downloaded {source.repo_id}/{source.artifact_fpath} -> {target}"))
     return done
+
+
+def _hf_hub_download() -> Any:
+    """huggingface_hub's downloader (only `gym dataset download` needs it)."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise DatasetError("downloading from Hugging Face needs huggingface_hub: pip install 'gym-rl[hf]'") from None
+    return hf_hub_download
 
 
 def _agents_using(config: GymConfig, server: str) -> list[str]:
