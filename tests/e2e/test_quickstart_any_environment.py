@@ -1,0 +1,45 @@
+"""`examples/quickstart.yaml` pointed at every environment by its one `environment:` value, as real processes.
+
+The default run starts the environments that need more than one resources server or a special agent path
+(genrm_judge's judge policy server, multi_turn's user turns); `make test-all` starts every environment. That
+the config resolves for every environment is checked in tests/gym_core/test_datasets.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from gym_core.client import close_client
+from gym_core.datasets import split_rows
+from gym_core.launcher import launch
+from rollout.collect import CollectionSummary, collect, read_rows
+from tests.processes import gone
+
+ROOT = Path(__file__).parents[2]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+ENVIRONMENTS = sorted(path.parent.name for path in (ROOT / "environments").glob("*/app.py"))
+IN_DEFAULT_RUN = {"genrm_judge", "multi_turn"}
+
+
+async def collect_once(agent_url: str, rows: Path, output: Path) -> CollectionSummary:
+    try:
+        return await collect(agent_url, read_rows(rows), output, agent_name="agent", concurrency=8, timeout=120,
+                             progress=False)
+    finally:
+        await close_client()
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("env", [env if env in IN_DEFAULT_RUN else pytest.param(env, marks=pytest.mark.slow)
+                                 for env in ENVIRONMENTS])
+def test_the_quickstart_runs_any_environment(env: str, tmp_path: Path) -> None:
+    with launch(QUICKSTART, [f"environment={env}"], registry_port=0, echo_logs=False) as stack:
+        [rows] = split_rows(stack.config, "agent", "example")  # the environment's own example split
+        summary = asyncio.run(collect_once(stack.url("agent"), rows, tmp_path / "rollouts.jsonl"))
+        pids = [server.pid for server in stack.servers.values()]
+    assert summary.failures == 0, summary.failures_output.read_text()[:2000]
+    assert summary.count == len(rows.read_text().splitlines()) and summary.key_metrics
+    assert all(gone(pid) for pid in pids)
