@@ -1,8 +1,7 @@
 """`examples/quickstart.yaml` pointed at every environment by its one `environment:` value, as real processes.
 
-The default run starts the environments that need more than one resources server or a special agent path
-(genrm_judge's judge policy server, multi_turn's user turns); `make test-all` starts every environment. That
-the config resolves for every environment is checked in tests/gym_core/test_datasets.py.
+Each environment's example split is collected with the scripted policy (a few seconds each). That the config
+resolves for every environment is checked in tests/gym_core/test_datasets.py.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from tests.processes import gone
 ROOT = Path(__file__).parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 ENVIRONMENTS = sorted(path.parent.name for path in (ROOT / "environments").glob("*/app.py"))
-IN_DEFAULT_RUN = {"genrm_judge", "multi_turn"}
 
 
 async def collect_once(agent_url: str, rows: Path, output: Path) -> CollectionSummary:
@@ -33,8 +31,7 @@ async def collect_once(agent_url: str, rows: Path, output: Path) -> CollectionSu
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.parametrize("env", [env if env in IN_DEFAULT_RUN else pytest.param(env, marks=pytest.mark.slow)
-                                 for env in ENVIRONMENTS])
+@pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_the_quickstart_runs_any_environment(env: str, tmp_path: Path) -> None:
     with launch(QUICKSTART, [f"environment={env}"], registry_port=0, echo_logs=False) as stack:
         [rows] = split_rows(stack.config, "agent", "example")  # the environment's own example split
