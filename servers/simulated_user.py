@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from gym_core.protocol import Message, OutputItem, UserTurnRequest, UserTurnResponse, dumps, loads
-from gym_core.server import describe_validation_error, error_response, session_id_of
+from gym_core.server import describe_validation_error, error_response
 from servers.resources import ResourcesServer, Session
 
 USER_TURN_ROUTE = "/user_turn"
@@ -44,6 +44,6 @@ class SimulatedUserServer(ResourcesServer):
         except (ValidationError, ValueError) as err:
             detail = describe_validation_error(err) if isinstance(err, ValidationError) else f"not JSON ({err})"
             return error_response(422, f'{USER_TURN_ROUTE} expects {{"output": [...the episode so far...]}}: {detail}')
-        text = await self.user_turn(self.sessions.get(session_id_of(request)), episode.output)
+        text = await self.user_turn(self.session_for(request), episode.output)  # 410 once the session ended
         message = None if text is None else Message(role="user", content=text)
         return Response(dumps(UserTurnResponse(message=message)), media_type="application/json")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from fastapi.testclient import TestClient
 from openai.types.responses import EasyInputMessageParam, ResponseOutputItem
 from pydantic import TypeAdapter
 
@@ -135,3 +136,14 @@ async def test_a_malformed_user_turn_is_an_infrastructure_error(serve) -> None:
     agent = await stack(serve, Garbled("multi_turn", {}).build_app(), BooksWhenNudged("R301"))
     reply = await get_client().post(agent, "/run", MULTI_TURN_ROW)
     assert reply.status_code == 502 and "only the user speaks" in reply.json()["error"]["message"]
+
+
+def test_a_user_turn_needs_a_live_session_this_server_issued() -> None:
+    episode = {"output": [{"type": "message", "role": "assistant", "id": "m1", "status": "completed",
+                           "content": [{"type": "output_text", "text": "Which floor?", "annotations": []}]}]}
+    with TestClient(MultiTurn("multi_turn", {}).build_app()) as client:  # its cookie jar carries the session
+        assert client.post("/user_turn", json=episode, headers={"X-Session-Id": "made-up"}).status_code == 403
+        client.post("/seed_session", json=MULTI_TURN_ROW)
+        assert client.post("/user_turn", json=episode).json()["message"]["content"] == MULTI_TURN_ROW["follow_ups"][0]
+        client.post("/verify", json={**MULTI_TURN_ROW, "response": episode})
+        assert client.post("/user_turn", json=episode).status_code == 410  # /verify ended it
