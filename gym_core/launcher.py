@@ -35,6 +35,7 @@ from typing import IO
 
 import httpx
 
+from gym_core import external
 from gym_core.auth import AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, StackAuth, new_token, remove_token, write_token
 from gym_core.client import REGISTRY_URL_ENV
 from gym_core.config import GymConfig, load_config
@@ -61,6 +62,7 @@ class ServerProcess:
     url: str | None = None
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     reader: threading.Thread | None = None
+    health_path: str = "/health"  # answers 200 once the server is up
 
     @property
     def pid(self) -> int:
@@ -146,6 +148,7 @@ def launch(
 
     settings = launcher_settings(resolved, ray_address)
     if settings.backend == "ray":
+        external.refuse_on_ray(resolved)
         with launch_on_ray(resolved, settings, registry_port=registry_port, start_timeout=start_timeout,
                            stop_grace=stop_grace) as stack:
             yield stack
@@ -161,8 +164,12 @@ def launch(
         env = StackEnv(service.url, token_file, auth.required, _server_environ(resolved))
         width = max(len(name) for name in resolved.servers)
         for name, spec in resolved.servers.items():
-            processes[name] = _spawn(name, spec.kind, spec.block(), env, echo_logs, width)
-        _wait_until_healthy(processes, service.registry, start_timeout)
+            if spec.kind == "external":  # any command; registered on its behalf once healthy (gym_core/external.py)
+                processes[name] = external.spawn(name, spec.block(), service.registry, env, echo_logs, width)
+            else:
+                processes[name] = _spawn(name, spec.kind, spec.block(), env, echo_logs, width)
+        blocks = [spec.block() for spec in resolved.servers.values()]
+        _wait_until_healthy(processes, service.registry, max(start_timeout, external.start_timeout(blocks)))
         yield Stack(resolved, service.url, processes, stop, auth, token_file)
     finally:
         stop_processes(list(processes.values()), stop_grace)
@@ -228,7 +235,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
                     raise LaunchError(f"server '{name}' exited with code {code} while starting; "
                                       f"its last log lines:\n{server.tail()}")
                 info = registry.get(name)
-                if info is not None and _healthy(http, info.url):
+                if info is not None and _healthy(http, info.url + server.health_path):
                     server.url = info.url
                     del pending[name]
             if pending and time.monotonic() > deadline:
@@ -240,7 +247,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
 
 def _healthy(http: httpx.Client, url: str) -> bool:
     try:
-        return http.get(f"{url}/health").status_code == 200
+        return http.get(url).status_code == 200
     except httpx.HTTPError:
         return False
 

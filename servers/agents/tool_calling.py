@@ -5,6 +5,8 @@
 append the outputs — until the model answers without tool calls or `max_steps` model calls were made, then
 `/verify` and return the verify response, whose `response.output` is the whole episode with the policy's
 token fields still on the model items. `POST /v1/responses` runs the same loop without seeding or verifying.
+An environment with a simulated user may answer the model with a new user message instead of ending the
+episode (servers/agents/user_turns.py).
 
 Each server issues a rollout's session itself (`/seed_session` on the resources server, the first call on the
 policy): the agent keeps the `X-Session-Id` each server returned and sends it back to that server only; cookies a
@@ -40,6 +42,7 @@ from gym_core.server import (
     describe_validation_error,
     error_response,
 )
+from servers.agents.user_turns import UserTurns
 
 # Statuses of a tool call that are the model's doing; their error body is shown to the model.
 MODEL_VISIBLE_STATUSES = frozenset({400, 404, 413, 422})
@@ -51,6 +54,7 @@ class ToolCallingConfig(ServerConfig):
     policy: str
     resources: str
     max_steps: int = Field(8, ge=1)  # model calls per episode
+    max_user_turns: int = Field(8, ge=0)  # user messages an environment may add per episode (0: never ask)
     episode_timeout_s: float = Field(600.0, gt=0)  # seed + all steps + verify
 
 
@@ -127,6 +131,10 @@ class ToolCallingAgent(GymServer):
     kind: ClassVar[str] = "agent"
     config_model: ClassVar[type[BaseModel]] = ToolCallingConfig
 
+    def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
+        super().__init__(name, config)
+        self.user_turns = UserTurns()
+
     def add_routes(self, app: FastAPI) -> None:
         """Register /run, /v1/responses and /aggregate_metrics."""
         app.add_api_route("/run", self._run_route, methods=["POST"])
@@ -165,7 +173,8 @@ class ToolCallingAgent(GymServer):
         outputs: list[dict[str, Any]] = []
         usage = ResponseUsage()
         last: dict[str, Any] = {}
-        for _ in range(self.config.max_steps):
+        user_turns = 0
+        for step in range(self.config.max_steps):
             reply = await self._call("policy", self.config.policy, "/v1/responses",
                                      {**params, "input": history + outputs}, episode)
             last = _json_object(reply, "policy", self.config.policy, "/v1/responses")
@@ -182,9 +191,24 @@ class ToolCallingAgent(GymServer):
                 # id and status make it a Responses output item (the SDK's ResponseFunctionToolCallOutputItem).
                 outputs.append({"type": "function_call_output", "id": f"fco_{uuid.uuid4().hex}",
                                 "call_id": call.get("call_id"), "output": output, "status": "completed"})
-            if last.get("incomplete_details") or (not calls and any(i.get("type") == "message" for i in produced)):
+            if last.get("incomplete_details"):
                 break
+            if not calls and any(i.get("type") == "message" for i in produced):
+                turn = None
+                if user_turns < self.config.max_user_turns and step < self.config.max_steps - 1:
+                    turn = await self._user_turn(outputs, episode)
+                if turn is None:
+                    break
+                outputs.append(turn)
+                user_turns += 1
         return {**last, "output": outputs, "usage": usage}
+
+    async def _user_turn(self, outputs: list[dict[str, Any]], episode: Episode) -> dict[str, Any] | None:
+        """The environment's next user message after the model's answer, if it adds user turns."""
+        try:
+            return await self.user_turns.next(self._call, self.config.resources, outputs, episode)
+        except ValueError as exc:
+            raise EpisodeError(502, "resources_error", str(exc)) from None
 
     async def _tool_output(self, call: dict[str, Any], offered: set[str], episode: Episode) -> str:
         """The text the model sees for one function call: the tool's result, or an error it can act on."""
