@@ -4,18 +4,18 @@
   gym status                                                    # what is running (asks the registry)
   gym rollout --agent agent --input data.jsonl --output out/rollouts.jsonl --num-repeats 4
   gym down                                                      # stop what `gym up` started
-  gym env test weather                                          # run an environment's tests
+  gym dataset check examples/quickstart.yaml                    # every dataset row parses and has an agent
+  gym env list                                                  # the environments, one line each
+  gym env new my_env                                            # scaffold a working environment
+  gym env test weather                                          # conformance table + the environment's tests
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
-import importlib.util
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from gym_core.auth import AuthError
+from gym_core.cli_env import add_dataset_parser, add_env_parser
 from gym_core.client import (
     DEFAULT_REGISTRY_URL,
     REGISTRY_URL_ENV,
@@ -33,6 +34,7 @@ from gym_core.client import (
     parse_json,
 )
 from gym_core.config import ConfigError, secret_overrides
+from gym_core.datasets import DatasetError
 from gym_core.launcher import LaunchError, format_table, launch
 
 if TYPE_CHECKING:
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (ConfigError, LaunchError, AuthError, OSError) as exc:
+    except (ConfigError, LaunchError, DatasetError, AuthError, OSError) as exc:
         print(f"gym {args.command}: {exc}", file=sys.stderr)
         return 1
 
@@ -86,13 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_rollout_parser(commands)
 
-    env = commands.add_parser("env", help="environment tools", description="Environment tools.")
-    env_commands = env.add_subparsers(dest="env_command", metavar="COMMAND", required=True)
-    test = env_commands.add_parser("test", help="run an environment's tests with pytest",
-                                   description="Run pytest on environments/NAME (extra arguments go to pytest).")
-    test.add_argument("name", help="environment name, e.g. weather")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
-    test.set_defaults(handler=cmd_env_test)
+    add_env_parser(commands)
+    add_dataset_parser(commands)
     return parser
 
 
@@ -113,7 +110,10 @@ def _add_rollout_parser(commands: Any) -> None:
     rollout.add_argument("--agent-url", action="append", default=[], metavar="NAME=URL",
                          help="where the agent NAME of rows' agent_ref is (repeatable; other names are looked up "
                          "in the registry)")
-    rollout.add_argument("--input", "-i", required=True, type=Path, help="task rows, JSONL")
+    rollout.add_argument("--input", "-i", type=Path, default=None, help="task rows, JSONL (or --split)")
+    rollout.add_argument("--split", default=None, metavar="NAME",
+                         help="instead of --input: the agent's datasets of this split (example, train, validation, "
+                         "benchmark) from the `datasets:` blocks of --config")
     rollout.add_argument("--output", "-o", required=True, type=Path, help="rollouts JSONL to write")
     rollout.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     rollout.add_argument("--num-repeats", type=int, default=1, help="rollouts per row (default 1)")
@@ -283,6 +283,12 @@ def _rollout(args: argparse.Namespace) -> int:
     if args.overrides and not args.config:
         print("gym rollout: overrides need --config", file=sys.stderr)
         return 2
+    if (args.input is None) == (args.split is None) or (args.split and not args.config):
+        print("gym rollout: give --input FILE, or --split NAME with --config CONFIG (its datasets: blocks say "
+              "which files a split is)", file=sys.stderr)
+        return 2
+    if args.split:
+        args.input = _split_input(args)
     if args.config is None:
         return _collect(args, _registry_url(args))
     _refuse_secret_overrides("rollout", args.overrides)
@@ -311,6 +317,24 @@ def collect_options(args: argparse.Namespace, total: int | None) -> CollectOptio
                           timeout=args.timeout, total=total, progress=not args.no_progress, resume=args.resume,
                           max_attempts=args.max_attempts, trajectories=args.trajectories,
                           aggregate_metrics=not args.no_aggregate, sampling=sampling)
+
+
+def _split_input(args: argparse.Namespace) -> Path:
+    """The task file of `--split`: the agent's one dataset of that split, or its several ones joined."""
+    from gym_core.config import load_config
+    from gym_core.datasets import split_rows
+
+    paths = split_rows(load_config(args.config, args.overrides), args.agent, args.split)
+    if len(paths) == 1:
+        return paths[0]
+    joined = args.output.with_name(f"{args.output.stem}_{args.split}_inputs.jsonl")
+    joined.parent.mkdir(parents=True, exist_ok=True)
+    with open(joined, "wb") as out:
+        for path in paths:
+            for line in path.read_bytes().splitlines():
+                if line.strip():
+                    out.write(line + b"\n")
+    return joined
 
 
 def _collect(args: argparse.Namespace, registry_url: str) -> int:
@@ -363,21 +387,6 @@ def report(summary: Any) -> int:
         print(f"{summary.trajectory_errors} rollouts were not token-exact and have no trajectory (see the log)",
               file=sys.stderr)
     return 0 if summary.count or summary.resumed else 1
-
-
-def cmd_env_test(args: argparse.Namespace) -> int:
-    """`gym env test NAME`: pytest on environments/NAME."""
-    spec = importlib.util.find_spec("environments")
-    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    available = sorted(d.name for root in roots for d in root.iterdir() if (d / "app.py").is_file())
-    if args.name not in available:
-        close = difflib.get_close_matches(args.name, available, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        print(f"gym env test: no environment '{args.name}'{hint}; available: {', '.join(available) or 'none'}",
-              file=sys.stderr)
-        return 2
-    path = next(root / args.name for root in roots if (root / args.name / "app.py").is_file())
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", str(path), *args.pytest_args])
 
 
 if __name__ == "__main__":

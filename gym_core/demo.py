@@ -1,7 +1,8 @@
-"""`python -m gym_core.demo examples/quickstart.yaml` (what `make demo` runs).
+"""`python -m gym_core.demo examples/train_tiny/weather.yaml` (what `make demo` runs).
 
 Starts the servers of the config, collects rollouts of the agent on its environment's example rows
-(5 rows x 4 repeats by default), prints one metrics line and the environment's key metrics, and stops every process it started.
+(5 rows x 4 repeats by default), shows one episode (the question, the model's tool calls and answer, the reward),
+prints one metrics line and the environment's key metrics, and stops every process it started.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from gym_core.client import close_client
 from gym_core.config import ConfigError, GymConfig
@@ -56,11 +59,43 @@ async def _collect(agent_url: str, agent: str, data: Path, args: argparse.Namesp
         await close_client()
 
 
+def episode_lines(row: dict[str, Any], width: int = 100) -> list[str]:
+    """One rollout as a short transcript: the question, each tool call and result, the answer, the reward."""
+    inputs = row.get("responses_create_params", {}).get("input")
+    question = inputs if isinstance(inputs, str) else next(
+        (m.get("content") for m in reversed(inputs or []) if isinstance(m, dict) and m.get("role") == "user"), "")
+    lines = [f"  user:      {_clip(str(question), width)}"]
+    for item in (row.get("response") or {}).get("output") or []:
+        kind = item.get("type")
+        if kind == "function_call":
+            lines.append(f"  tool call: {item.get('name')}({_clip(str(item.get('arguments')), width)})")
+        elif kind == "function_call_output":
+            lines.append(f"  tool:      {_clip(str(item.get('output')), width)}")
+        elif kind == "message":
+            text = "".join(part.get("text", "") for part in item.get("content") or [] if isinstance(part, dict))
+            lines.append(f"  model:     {_clip(text, width)}")
+    lines.append(f"  reward:    {row.get('reward')}")
+    return lines
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def show_episode(output: Path) -> None:
+    """Print the first rewarded episode of the output (else the first one)."""
+    rows = [orjson.loads(line) for line in output.read_bytes().splitlines() if line.strip()]
+    if rows:
+        chosen = next((r for r in rows if (r.get("reward") or 0) > 0), rows[0])
+        print("one episode:\n" + "\n".join(episode_lines(chosen)))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the demo; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m gym_core.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config, e.g. examples/quickstart.yaml")
+    parser.add_argument("config", help="YAML config, e.g. examples/train_tiny/weather.yaml")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides")
     parser.add_argument("--agent", default=None, help="agent server to use (default: the only one)")
     parser.add_argument("--input", type=Path, default=None, help="task rows (default: the environment's example)")
@@ -85,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LaunchError, DataError, OSError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
+    show_episode(summary.output)
     print(summary.line())
     print(f"rollouts -> {summary.output}; failures -> {summary.failures_output}")
     if summary.metrics_output:

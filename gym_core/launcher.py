@@ -37,9 +37,10 @@ from typing import IO
 
 import httpx
 
+from gym_core import external
 from gym_core.auth import AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, StackAuth, new_token, remove_token, write_token
 from gym_core.client import REGISTRY_URL_ENV
-from gym_core.config import GymConfig, load_config
+from gym_core.config import GymConfig, ServerSpec, load_config
 from gym_core.registry import Registry, RegistryService
 from gym_core.supervisor import Supervisor
 
@@ -65,6 +66,7 @@ class ServerProcess:
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     reader: threading.Thread | None = None
     restarts: int = 0  # processes started after the first (the supervisor's doing)
+    health_path: str = "/health"  # answers 200 once the server is up
 
     @property
     def pid(self) -> int:
@@ -145,6 +147,7 @@ def launch(
     overrides: Sequence[str] = (),
     *,
     registry_port: int = 0,
+    registry_host: str = "127.0.0.1",
     start_timeout: float = START_TIMEOUT_S,
     stop_grace: float = STOP_GRACE_S,
     echo_logs: bool = True,
@@ -158,6 +161,7 @@ def launch(
 
     settings = launcher_settings(resolved, ray_address)
     if settings.backend == "ray":
+        external.refuse_on_ray(resolved)
         with launch_on_ray(resolved, settings, registry_port=registry_port, start_timeout=start_timeout,
                            stop_grace=stop_grace) as stack:
             yield stack
@@ -165,7 +169,7 @@ def launch(
     processes: dict[str, ServerProcess] = {}
     stop = threading.Event()
     auth = StackAuth(stack_token(resolved), required=resolved.auth == "required")
-    service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port)
+    service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port, registry_host)
     token_file: Path | None = None
     supervisor: Supervisor | None = None
     try:
@@ -174,14 +178,14 @@ def launch(
         env = StackEnv(service.url, token_file, auth.required, _server_environ(resolved))
         width = max(len(name) for name in resolved.servers)
         for name, spec in resolved.servers.items():
-            processes[name] = ServerProcess(name, spec.kind, _spawn(name, spec.block(), env))
-            _read_output(processes[name], echo_logs, width)
-        _wait_until_healthy(processes, service.registry, start_timeout)
+            processes[name] = _start(name, spec, service.registry, env, echo_logs, width)
+        blocks = [spec.block() for spec in resolved.servers.values()]
+        _wait_until_healthy(processes, service.registry, max(start_timeout, external.start_timeout(blocks)))
         stack = Stack(resolved, service.url, processes, stop, auth, token_file)
 
         def respawn(server: ServerProcess) -> None:
-            server.process = _spawn(server.name, resolved.servers[server.name].block(), env)
-            _read_output(server, echo_logs, width)
+            fresh = _start(server.name, resolved.servers[server.name], service.registry, env, echo_logs, width)
+            server.process, server.reader, server.log = fresh.process, fresh.reader, fresh.log
 
         policies = {name: spec.restart for name, spec in resolved.servers.items()}
         supervisor = Supervisor(processes, policies, service.registry, respawn, stack.give_up, start_timeout)
@@ -209,6 +213,15 @@ def _server_environ(config: GymConfig) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in dropped}
 
 
+def _start(name: str, spec: ServerSpec, registry: Registry, stack: StackEnv, echo: bool, width: int) -> ServerProcess:
+    """Start one server: an external command (gym_core/external.py), or `python -m gym_core.serve`."""
+    if spec.kind == "external":  # any command; registered on its behalf once healthy
+        return external.spawn(name, spec.block(), registry, stack, echo, width)
+    server = ServerProcess(name, spec.kind, _spawn(name, spec.block(), stack))
+    _read_output(server, echo, width)
+    return server
+
+
 def _spawn(name: str, block: dict, stack: StackEnv) -> subprocess.Popen:
     """Start one `python -m gym_core.serve` in its own process group, its config piped to its stdin."""
     env = {**stack.environ, REGISTRY_URL_ENV: stack.registry_url, AUTH_TOKEN_FILE_ENV: str(stack.token_file),
@@ -225,7 +238,7 @@ def _spawn(name: str, block: dict, stack: StackEnv) -> subprocess.Popen:
 
 
 def _read_output(server: ServerProcess, echo: bool, width: int) -> None:
-    """A thread keeping the server process's last log lines (a restart's lines join the same tail)."""
+    """A thread keeping the server process's last log lines."""
     prefix = f"{server.name:<{width}} | " if echo else None
     server.reader = threading.Thread(target=_read_log, args=(server.process.stdout, server.log, prefix),
                                      name=f"log-{server.name}", daemon=True)
@@ -256,7 +269,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
                     raise LaunchError(f"server '{name}' exited with code {code} while starting; "
                                       f"its last log lines:\n{server.tail()}")
                 info = registry.get(name)
-                if info is not None and _healthy(http, info.url):
+                if info is not None and _healthy(http, info.url + server.health_path):
                     server.url = info.url
                     del pending[name]
             if pending and time.monotonic() > deadline:
@@ -268,7 +281,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
 
 def _healthy(http: httpx.Client, url: str) -> bool:
     try:
-        return http.get(f"{url}/health").status_code == 200
+        return http.get(url).status_code == 200
     except httpx.HTTPError:
         return False
 

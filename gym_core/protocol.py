@@ -523,6 +523,21 @@ class RunResult(VerifyResponse):
     """
 
 
+# ------------------------------------------------------------------------------------------- user turns
+
+
+class UserTurnRequest(WireModel):
+    """POST /user_turn on a resources server with a simulated user: the episode so far, after the model answered."""
+
+    output: list[OutputItem]
+
+
+class UserTurnResponse(WireModel):
+    """The simulated user's next message (it goes into the next prompt), or none: the conversation is over."""
+
+    message: Message | None = None
+
+
 # ----------------------------------------------------------------------------------------------- errors
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
 from gym_core.auth import StackAuth
+from gym_core.head_server import add_head_routes
 from gym_core.protocol import dumps, loads
 from gym_core.responses import JSONResponse, error_response
 from gym_core.server import GymServer, describe_validation_error, uvicorn_server
@@ -124,6 +125,7 @@ class RegistryServer(GymServer):
         app.add_api_route("/deregister", self._deregister, methods=["POST"])
         app.add_api_route("/shutdown", self._shutdown, methods=["POST"])
         app.add_api_route("/servers/{name}", self._get, methods=["GET"])
+        add_head_routes(app, self.registry)
 
     async def _list(self, request: Request) -> Response:
         return Response(dumps(self.registry.all()), media_type="application/json")

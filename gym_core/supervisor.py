@@ -112,7 +112,7 @@ class Supervisor:
         if info is None or info.pid != server.pid:
             return False
         try:
-            healthy = http.get(f"{info.url}/health").status_code == 200
+            healthy = http.get(f"{info.url}{server.health_path}").status_code == 200
         except httpx.HTTPError:
             return False
         if healthy:

@@ -1,17 +1,21 @@
 """Rollout results -> what NeMo RL's NeMo Gym integration consumes, and an in-process batch collector.
 
-Written against the contract in /work/shared/trainer_contracts.md §2 (NeMo RL @ 7ea279a, NeMo Gym @ 07d6b0d);
-NeMo RL itself is not installed here, so the tests check this module against that contract, not against it.
+Checked against NeMo RL's own code (see rollout/README.md for the commits): `nemo_rl/environments/nemo_gym.py`
+(the `NemoGym` actor's postprocessing) and `nemo_rl/experience/rollouts.py` (`run_async_nemo_gym_rollout`,
+which builds the batch fields). NeMo RL itself is not installed here; tests/rollout/test_nemo_rl.py and
+tests/compat/ check this module and the NeMo Gym compatibility layer (compat/nemo_gym) against those rules.
 
-- `prepare_rows` does what `_prepare_nemo_gym_rows` does to each Gym row before `/run`: overwrite
+- `prepare_rows` does what `run_async_nemo_gym_rollout` does to each Gym row before `/run`: overwrite
   `temperature`/`top_p`, clamp `max_output_tokens` to `max_new_tokens`, stamp `_rowidx`; and it refuses what
   NeMo RL asserts against (greedy decoding, `top_k`, stop strings).
 - `to_message_log` is `_postprocess_nemo_gym_to_nemo_rl_result`: the items with non-empty
   `generation_token_ids` become alternating `user` (the new prompt tokens, possibly none) and `assistant`
-  (generated ids + `generation_logprobs`) messages; a prompt that does not extend what was seen is an error
-  ("Non-contiguous messages"), as are NaN log-probs and a rollout with no generation data.
+  (generated ids + `generation_logprobs` + the two flags of `detect_flags`) messages; a prompt that does not
+  extend what was seen is an error ("Non-contiguous messages"), as are NaN log-probs and a rollout with no
+  generation data.
 - `to_nemo_rl_sample` / `to_nemo_rl_groups` add the per-sample batch fields (`agent_ref`, `message_log`,
-  `length`, `loss_multiplier`, `total_reward`, `truncated`, `mask_sample`, `reward/<name>`), checking
+  `length` = the first prompt's tokens, `loss_multiplier` (0 for a masked sample), `total_reward`,
+  `truncated` = the whole sequence filled `max_seq_len`, `mask_sample`, `reward/<name>`), checking
   `reward == sum(reward_components)` and one agent and `num_generations` samples per group.
 - `collect_results` / `collect_batch` (and `collect_batch_sync`, for TRL's synchronous `rollout_func`) run
   rows against an agent with rollout.collect's machinery.
@@ -83,7 +87,48 @@ def prepare_rows(rows: Iterable[dict[str, Any]], *, temperature: float, top_p: f
 
 # --- one result -> message_log --------------------------------------------------------------------------------
 
-def to_message_log(result: dict[str, Any], *, as_tensors: bool = False) -> list[dict[str, Any]]:
+# NeMo RL's defaults (`DEFAULT_INVALID_TOOL_CALL_PATTERNS`, `DEFAULT_THINKING_TAGS` in nemo_gym.py).
+INVALID_TOOL_CALL_PATTERNS = ("<tool_call>", "</tool_call>", "<function_call>", "</function_call>")
+THINKING_TAGS = ("<think>", "</think>")
+
+
+@dataclass(frozen=True)
+class NemoRLOptions:
+    """What NeMo RL's config decides about the batch: `max_seq_len` (its vLLM `max_model_len`, for `truncated`),
+    the flag patterns (`env.nemo_gym.invalid_tool_call_patterns` / `thinking_tags`; None = NeMo RL's defaults),
+    whether flagged samples are masked (`env.should_mask_flagged_samples`), and torch tensors or lists."""
+
+    max_seq_len: int
+    invalid_tool_call_patterns: Sequence[str] | None = None
+    thinking_tags: Sequence[str] | None = None
+    mask_flagged_samples: bool = True
+    as_tensors: bool = False
+
+
+def detect_flags(item: dict[str, Any], invalid_tool_call_patterns: Sequence[str] | None = None,
+                 thinking_tags: Sequence[str] | None = None) -> tuple[bool, bool]:
+    """`(is_invalid_tool_call, has_malformed_thinking)` of the output item closing a model call, as NeMo RL
+    computes them: a tool-call pattern in the text means a call that was never executed; in a final message any
+    thinking tag is malformed, in a reasoning summary only a repeated one."""
+    patterns = invalid_tool_call_patterns or INVALID_TOOL_CALL_PATTERNS
+    tags = thinking_tags or THINKING_TAGS
+    message, reasoning = _first_text(item.get("content")), _first_text(item.get("summary"))
+    if message is not None:
+        return any(p in message for p in patterns), any(t in message for t in tags)
+    if item.get("type") == "reasoning" and reasoning is not None:
+        return any(p in reasoning for p in patterns), any(reasoning.count(t) > 1 for t in tags)
+    return False, False
+
+
+def _first_text(parts: Any) -> str | None:
+    """The `text` of the first part of a content or summary list (the part NeMo RL reads), if any."""
+    if isinstance(parts, list) and parts and isinstance(parts[0], dict) and isinstance(parts[0].get("text"), str):
+        return parts[0]["text"]
+    return None
+
+
+def to_message_log(result: dict[str, Any], *, invalid_tool_call_patterns: Sequence[str] | None = None,
+                   thinking_tags: Sequence[str] | None = None, as_tensors: bool = False) -> list[dict[str, Any]]:
     """NeMo RL's message_log of one Gym result: user (prompt delta) / assistant (generation) pairs."""
     calls = [call for call in model_calls(result) if call["generation_token_ids"]]  # NeMo RL skips empty ones
     if not calls:
@@ -98,9 +143,10 @@ def to_message_log(result: dict[str, Any], *, as_tensors: bool = False) -> list[
         if any(math.isnan(p) for p in logprobs):
             raise TrajectoryError(f"model call {number}: NaN in generation_log_probs (NeMo RL raises on these)")
         generated = list(call["generation_token_ids"])
+        invalid, malformed = detect_flags(call, invalid_tool_call_patterns, thinking_tags)
         log.append({"role": "user", "content": "", "token_ids": prompt[len(seen):]})
         log.append({"role": "assistant", "content": "", "token_ids": generated, "generation_logprobs": logprobs,
-                    "is_invalid_tool_call": False, "has_malformed_thinking": False})
+                    "is_invalid_tool_call": invalid, "has_malformed_thinking": malformed})
         seen = prompt + generated
     return _tensors(log) if as_tensors else log
 
@@ -118,19 +164,6 @@ def _tensors(log: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def flag_messages(log: list[dict[str, Any]], texts: Sequence[str], *, invalid_tool_call_patterns: Sequence[str] = (),
-                  thinking_tags: tuple[str, str] | None = None) -> None:
-    """Set `is_invalid_tool_call` / `has_malformed_thinking` on assistant messages from their decoded texts."""
-    assistants = [m for m in log if m["role"] == "assistant"]
-    if len(texts) != len(assistants):
-        raise ValueError(f"{len(texts)} texts for {len(assistants)} assistant messages")
-    for message, text in zip(assistants, texts):
-        message["is_invalid_tool_call"] = any(p in text for p in invalid_tool_call_patterns)
-        if thinking_tags:
-            opened, closed = text.count(thinking_tags[0]), text.count(thinking_tags[1])
-            message["has_malformed_thinking"] = opened != closed or opened > 1
-
-
 # --- batch fields -----------------------------------------------------------------------------------------------
 
 def reward_columns(result: dict[str, Any]) -> dict[str, float]:
@@ -142,41 +175,41 @@ def reward_columns(result: dict[str, Any]) -> dict[str, float]:
     components = result.get("reward_components")
     if components:
         total = sum(float(v) for v in components.values())
-        if abs(total - reward) > REWARD_TOLERANCE:
+        if not math.isclose(reward, total, rel_tol=1e-5, abs_tol=REWARD_TOLERANCE):
             raise ValueError(f"reward {reward} != sum(reward_components) {total}: NeMo RL rejects this "
                              "(a multi-reward verifier must set reward = sum of its components)")
         columns.update({f"reward/{name}": float(v) for name, v in components.items()})
     return columns
 
 
-def is_truncated(result: dict[str, Any]) -> bool:
-    """Whether the response stopped at the token limit (Responses `status: incomplete`)."""
-    response = result.get("response") or {}
-    details = response.get("incomplete_details") or {}
-    return response.get("status") == "incomplete" or details.get("reason") == "max_output_tokens"
+def is_masked(result: dict[str, Any]) -> bool:
+    """Whether the environment flagged the reward unreliable: `mask_sample` at the top level (current NeMo Gym)
+    or under `instance_config` (the older place NeMo RL also reads)."""
+    config = result.get("instance_config")
+    nested = config.get("mask_sample") if isinstance(config, dict) else None
+    return bool(result.get("mask_sample") or nested)
 
 
-def to_nemo_rl_sample(result: dict[str, Any], *, as_tensors: bool = False) -> dict[str, Any]:
+def to_nemo_rl_sample(result: dict[str, Any], options: NemoRLOptions) -> dict[str, Any]:
     """One sample of a NeMo RL prompt group: message_log plus the fields the GRPO loop reads."""
-    log = to_message_log(result, as_tensors=as_tensors)
-    sample: dict[str, Any] = {
+    log = to_message_log(result, invalid_tool_call_patterns=options.invalid_tool_call_patterns,
+                         thinking_tags=options.thinking_tags, as_tensors=options.as_tensors)
+    masked = options.mask_flagged_samples and is_masked(result)
+    return {
         "agent_ref": result.get("agent_ref"),
         "message_log": log,
         "input_message_log": log[:1],
-        "length": sum(len(m["token_ids"]) for m in log),
-        "loss_multiplier": 1.0,
-        "truncated": is_truncated(result),
+        "length": len(log[0]["token_ids"]),  # NeMo RL: the first prompt's tokens (mean_prompt_length)
+        "loss_multiplier": 0.0 if masked else 1.0,
+        "truncated": sum(len(m["token_ids"]) for m in log) == options.max_seq_len,
+        "mask_sample": masked,
         "full_result": result,
         **reward_columns(result),
     }
-    mask = (result.get("instance_config") or {}).get("mask_sample")
-    if mask is not None:
-        sample["mask_sample"] = bool(mask)
-    return sample
 
 
-def to_nemo_rl_groups(results: Sequence[dict[str, Any]], num_generations: int, *,
-                      as_tensors: bool = False) -> list[list[dict[str, Any]]]:
+def to_nemo_rl_groups(results: Sequence[dict[str, Any]], num_generations: int,
+                      options: NemoRLOptions) -> list[list[dict[str, Any]]]:
     """Results grouped per task (`_ng_task_index`), each group `num_generations` samples of one agent."""
     if num_generations < 1 or len(results) % num_generations:
         raise ValueError(f"{len(results)} results do not split into groups of {num_generations} "
@@ -191,7 +224,7 @@ def to_nemo_rl_groups(results: Sequence[dict[str, Any]], num_generations: int, *
             raise ValueError(f"task {task}: {len(members)} samples from {len(agents)} agent(s); a NeMo RL group "
                              f"is {num_generations} samples of one agent")
         members.sort(key=lambda r: r.get("_ng_rollout_index") or 0)
-        out.append([to_nemo_rl_sample(r, as_tensors=as_tensors) for r in members])
+        out.append([to_nemo_rl_sample(r, options) for r in members])
     return out
 
 

@@ -14,9 +14,11 @@ An environment subclasses `ResourcesServer`, marks its tools with `@tool` and wr
             return float(session.state.get("count") == row.extra["target"])
 
 A tool's JSON schema comes from its signature (minus `self` and `session`) and docstring; it is served at
-`POST /<name>`. Raise `ToolError` for a result the model should see as an error. Optional hooks: `seed` (prepare
-a session from the task row), `compute_metrics` (metrics over a list of rows; without it `/aggregate_metrics` is
-computed incrementally, servers/metrics.py). CPU-heavy verification goes through `run_in_process`.
+`POST /<name>`. Raise `ToolError` for a result the model should see as an error; a tool that runs past
+`tool_timeout_s` is cut off with such an error too. Optional hooks: `seed` (prepare a session from the task
+row), `compute_metrics` (metrics over a list of rows; without it `/aggregate_metrics` is computed incrementally,
+servers/metrics.py). CPU-heavy verification goes through `run_in_process`. For `gym env test`, an environment
+declares `reward_range` and writes `known_attempts` (a correct and an incorrect attempt at a row).
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ from gym_core.server import (
 )
 from gym_core.sessions import SessionRefused
 
-__all__ = ["ResourcesServer", "ResourcesConfig", "RowError", "Session", "SessionStore", "ToolError", "ToolSpec",
-           "VerifyRequest", "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "row_fields", "tool"]
+__all__ = ["Attempt", "ResourcesServer", "ResourcesConfig", "RowError", "Session", "SessionStore", "ToolError",
+           "ToolSpec", "VerifyRequest", "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "row_fields",
+           "tool"]
 
 # `POST /aggregate_metrics` in parts: NDJSON bodies (one verify response per line) of one run, in order.
 NDJSON = "application/x-ndjson"
@@ -89,6 +92,14 @@ def row_fields(model: type[RowFields], row: TaskRow) -> RowFields:
         return model.model_validate(row.extra)
     except ValidationError as err:
         raise RowError(f"the task row's fields are invalid: {describe_validation_error(err)}") from None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A scripted try at a task, for `gym env test`: tool calls made in order, then the final answer text."""
+
+    answer: str = ""
+    calls: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -264,6 +275,7 @@ class ResourcesConfig(ServerConfig):
     max_sessions: int = Field(65536, ge=1)  # beyond this many, the least recently used session is evicted
     end_session_on_verify: bool = True  # keeps memory bounded by in-flight rollouts
     process_workers: int = Field(2, ge=1)  # pool size for `run_in_process`
+    tool_timeout_s: float = Field(60.0, gt=0)  # a tool call running longer is cut off with an error the model sees
 
 
 class ResourcesServer(GymServer):
@@ -272,6 +284,7 @@ class ResourcesServer(GymServer):
     kind: ClassVar[str] = "resources"
     config_model: ClassVar[type[BaseModel]] = ResourcesConfig
     tools: ClassVar[dict[str, ToolSpec]] = {}
+    reward_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # every reward `verify` returns lies in it
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -300,6 +313,12 @@ class ResourcesServer(GymServer):
     def compute_metrics(self, verify_responses: list[dict]) -> dict:
         """Hook: metrics over finished rollouts (default: `aggregate_metrics`)."""
         return aggregate_metrics(verify_responses)
+
+    def known_attempts(self, row: TaskRow) -> tuple[Attempt | str, Attempt | str]:
+        """Hook for `gym env test`: a correct and an incorrect attempt at an example row (a str is the answer)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no known attempts: define `def known_attempts(self, row)` returning "
+            "(correct, incorrect), each an Attempt(answer=..., calls=((tool, arguments), ...)) or the answer text")
 
     async def run_in_process(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run CPU-heavy, picklable `fn(*args, **kwargs)` in a process pool, off the event loop."""
@@ -364,10 +383,17 @@ class ResourcesServer(GymServer):
             kwargs = {name: getattr(args, name) for name in type(args).model_fields}
             if spec.takes_session:
                 kwargs["session"] = self.session_for(request)
+            deadline = asyncio.timeout(self.config.tool_timeout_s)
             try:
-                result = await method(**kwargs) if is_async else method(**kwargs)
+                async with deadline:
+                    result = await method(**kwargs) if is_async else method(**kwargs)
             except ToolError as err:
                 return error_response(400, str(err), "tool_error")
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # the tool's own timeout, not ours: a bug in the tool, answered as such
+                return error_response(400, f"tool {spec.name!r} did not finish within {self.config.tool_timeout_s:g} s "
+                                      "and was stopped; try other arguments or another tool", "tool_timeout")
             if isinstance(result, str):  # plain text reaches the model as is
                 return PlainTextResponse(result)
             if isinstance(result, BaseModel):

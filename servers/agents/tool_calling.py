@@ -5,6 +5,8 @@
 append the outputs — until the model answers without tool calls or `max_steps` model calls were made, then
 `/verify` and return the verify response, whose `response.output` is the whole episode with the policy's
 token fields still on the model items. `POST /v1/responses` runs the same loop without seeding or verifying.
+An environment with a simulated user may answer the model with a new user message instead of ending the
+episode (servers/agents/user_turns.py).
 
 Each server issues a rollout's session itself (`/seed_session` on the resources server, the first call on the
 policy): the agent keeps the `X-Session-Id` each server returned and sends it back to that server only; cookies a
@@ -31,7 +33,16 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
 from gym_core.limits import truncate_echo
-from gym_core.protocol import ErrorBody, ErrorDetail, ResponseCreateParams, ResponseUsage, TaskRow, dumps, loads
+from gym_core.protocol import (
+    MODEL_VERSION_HEADER,
+    ErrorBody,
+    ErrorDetail,
+    ResponseCreateParams,
+    ResponseUsage,
+    TaskRow,
+    dumps,
+    loads,
+)
 from gym_core.server import (
     SESSION_HEADER,
     GymServer,
@@ -40,6 +51,7 @@ from gym_core.server import (
     describe_validation_error,
     error_response,
 )
+from servers.agents.user_turns import UserTurns
 
 # Statuses of a tool call that are the model's doing; their error body is shown to the model.
 MODEL_VISIBLE_STATUSES = frozenset({400, 404, 413, 422})
@@ -54,6 +66,7 @@ class ToolCallingConfig(ServerConfig):
     policy: str
     resources: str
     max_steps: int = Field(8, ge=1)  # model calls per episode
+    max_user_turns: int = Field(8, ge=0)  # user messages an environment may add per episode (0: never ask)
     episode_timeout_s: float = Field(600.0, gt=0)  # seed + all steps + verify
 
 
@@ -130,6 +143,10 @@ class ToolCallingAgent(GymServer):
     kind: ClassVar[str] = "agent"
     config_model: ClassVar[type[BaseModel]] = ToolCallingConfig
 
+    def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
+        super().__init__(name, config)
+        self.user_turns = UserTurns()
+
     def add_routes(self, app: FastAPI) -> None:
         """Register /run, /v1/responses and /aggregate_metrics."""
         app.add_api_route("/run", self._run_route, methods=["POST"])
@@ -169,6 +186,7 @@ class ToolCallingAgent(GymServer):
         outputs: list[dict[str, Any]] = []
         usage = ResponseUsage()
         last: dict[str, Any] = {}
+        user_turns = 0
         for step in range(self.config.max_steps):
             # The first model call sends only what the row holds: a refusal of it is the row's fault.
             reply = await self._call("policy", self.config.policy, "/v1/responses",
@@ -178,6 +196,7 @@ class ToolCallingAgent(GymServer):
             if not isinstance(produced, list) or not all(isinstance(item, dict) for item in produced):
                 raise EpisodeError(502, "policy_error", f"policy server {self.config.policy!r} returned a "
                                                         "response without an `output` list of items")
+            _stamp_model_version(produced, reply.headers.get(MODEL_VERSION_HEADER))
             outputs.extend(produced)
             _add_usage(usage, last.get("usage"))
             calls = [item for item in produced if item.get("type") == "function_call"]
@@ -186,9 +205,24 @@ class ToolCallingAgent(GymServer):
                 # id and status make it a Responses output item (the SDK's ResponseFunctionToolCallOutputItem).
                 outputs.append({"type": "function_call_output", "id": f"fco_{uuid.uuid4().hex}",
                                 "call_id": call.get("call_id"), "output": output, "status": "completed"})
-            if last.get("incomplete_details") or (not calls and any(i.get("type") == "message" for i in produced)):
+            if last.get("incomplete_details"):
                 break
+            if not calls and any(i.get("type") == "message" for i in produced):
+                turn = None
+                if user_turns < self.config.max_user_turns and step < self.config.max_steps - 1:
+                    turn = await self._user_turn(outputs, episode)
+                if turn is None:
+                    break
+                outputs.append(turn)
+                user_turns += 1
         return {**last, "output": outputs, "usage": usage}
+
+    async def _user_turn(self, outputs: list[dict[str, Any]], episode: Episode) -> dict[str, Any] | None:
+        """The environment's next user message after the model's answer, if it adds user turns."""
+        try:
+            return await self.user_turns.next(self._call, self.config.resources, outputs, episode)
+        except ValueError as exc:
+            raise EpisodeError(502, "resources_error", str(exc)) from None
 
     async def _tool_output(self, call: dict[str, Any], offered: set[str], episode: Episode) -> str:
         """The text the model sees for one function call: the tool's result, or an error it can act on."""
@@ -300,6 +334,13 @@ def _json_object(reply: httpx.Response, role: str, server: str, path: str) -> di
     if not isinstance(body, dict):
         raise EpisodeError(502, f"{role}_error", f"{role} server {server!r} {path} did not return a JSON object")
     return body
+
+
+def _stamp_model_version(items: list[dict[str, Any]], version: str | None) -> None:
+    """Tag the item that closes a model call (it carries the token ids) with the weights' version that made it."""
+    for item in items:
+        if version is not None and item.get("generation_token_ids") is not None:
+            item["model_version"] = version
 
 
 def _model_error(error_type: str, message: str) -> str:

@@ -65,7 +65,9 @@ def gym_up(workdir: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     (["status"], "--registry"),
     (["down"], "--timeout"),
     (["rollout"], "--num-repeats"),
-    (["env", "test"], "environments/NAME"),
+    (["env", "test"], "conformance check"),
+    (["env", "new"], "--root"),
+    (["env", "list"], "reward range"),
 ])
 def test_help_everywhere(argv: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:

@@ -1,5 +1,5 @@
-"""The NeMo RL adapter against the contract in /work/shared/trainer_contracts.md §2 (NeMo RL is not installed):
-message_log fields of hand-built results, each documented pitfall, and in-process collection from the fake agent."""
+"""The NeMo RL adapter against NeMo RL's own postprocessing rules (commits in rollout/README.md; NeMo RL is not
+installed): message_log fields of hand-built results, each documented pitfall, and in-process collection."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from rollout.nemo_rl import (
     collect_batch,
     collect_batch_sync,
     collect_results,
-    flag_messages,
+    NemoRLOptions,
+    detect_flags,
+    is_masked,
     prepare_rows,
     to_message_log,
     to_nemo_rl_groups,
@@ -29,6 +31,7 @@ from rollout.trajectory import TrajectoryError, to_trajectory, trl_rollout_batch
 from tests.rollout.episodes import episode
 
 ROOT = Path(__file__).resolve().parents[2]
+OPTIONS = NemoRLOptions(max_seq_len=4096)
 
 
 def item(result: dict, index: int) -> dict:
@@ -60,33 +63,44 @@ def test_message_log_agrees_with_the_trl_trajectory() -> None:
 
 
 def test_sample_carries_every_field_the_grpo_loop_reads() -> None:
-    result = episode(reward=0.75, reward_components={"correct": 0.5, "format": 0.25},
-                     instance_config={"mask_sample": True})
-    sample = to_nemo_rl_sample(result)
+    result = episode(reward=0.75, reward_components={"correct": 0.5, "format": 0.25})
+    sample = to_nemo_rl_sample(result, OPTIONS)
     assert sample["agent_ref"] == {"type": "responses_api_agents", "name": "agent"}
     assert sample["message_log"] == to_message_log(result)
     assert sample["input_message_log"] == [sample["message_log"][0]]
-    assert sample["length"] == 4 + 2 + 3 + 3
-    assert sample["loss_multiplier"] == 1.0
+    assert sample["length"] == 4  # NeMo RL: len(input_message_log[0].token_ids), the first prompt
+    assert sample["loss_multiplier"] == 1.0 and sample["mask_sample"] is False  # always present
     assert sample["total_reward"] == 0.75
     assert (sample["reward/correct"], sample["reward/format"]) == (0.5, 0.25)
-    assert sample["truncated"] is False and sample["mask_sample"] is True
+    assert sample["truncated"] is False
     assert sample["full_result"] is result
-    plain = to_nemo_rl_sample(episode())
-    assert "mask_sample" not in plain and not any(k.startswith("reward/") for k in plain)
+    assert not any(k.startswith("reward/") for k in to_nemo_rl_sample(episode(), OPTIONS))
+
+
+@pytest.mark.parametrize("flag", [{"mask_sample": True}, {"instance_config": {"mask_sample": True}}])
+def test_a_masked_sample_drops_out_of_the_loss(flag: dict) -> None:  # top-level (current) or instance_config (older)
+    result = episode(**flag)
+    assert is_masked(result)
+    sample = to_nemo_rl_sample(result, OPTIONS)
+    assert sample["mask_sample"] is True and sample["loss_multiplier"] == 0.0
+    kept = to_nemo_rl_sample(result, NemoRLOptions(max_seq_len=4096, mask_flagged_samples=False))
+    assert kept["mask_sample"] is False and kept["loss_multiplier"] == 1.0
 
 
 def test_the_result_is_not_modified() -> None:  # NeMo RL pops the token fields; we keep them for other users
     result = episode()
     before = copy.deepcopy(result)
-    to_nemo_rl_sample(result)
+    to_nemo_rl_sample(result, OPTIONS)
     assert result == before
 
 
-def test_truncated_is_read_from_the_responses_status() -> None:
-    result = episode()
+def test_truncated_means_the_whole_sequence_filled_max_seq_len() -> None:  # NeMo RL's hit_max_tokens
+    total = 4 + 2 + 3 + 3
+    assert to_nemo_rl_sample(episode(), NemoRLOptions(max_seq_len=total))["truncated"] is True
+    assert to_nemo_rl_sample(episode(), NemoRLOptions(max_seq_len=total + 1))["truncated"] is False
+    result = episode()  # the Responses status plays no part in NeMo RL's rule
     result["response"].update(status="incomplete", incomplete_details={"reason": "max_output_tokens"})
-    assert to_nemo_rl_sample(result)["truncated"] is True
+    assert to_nemo_rl_sample(result, NemoRLOptions(max_seq_len=total + 1))["truncated"] is False
 
 
 def test_tensors_have_nemo_rl_dtypes() -> None:
@@ -101,20 +115,37 @@ def test_tensors_have_nemo_rl_dtypes() -> None:
 def test_groups_are_per_task_in_repeat_order_whatever_the_completion_order() -> None:
     results = [episode(task=t, repeat=r, reward=float(r)) for t in (0, 1) for r in range(3)]
     random.Random(0).shuffle(results)  # Gym yields rollouts as they complete, out of order
-    groups = to_nemo_rl_groups(results, num_generations=3)
+    groups = to_nemo_rl_groups(results, 3, OPTIONS)
     assert [[s["full_result"]["_ng_task_index"] for s in g] for g in groups] == [[0] * 3, [1] * 3]
     assert all([s["total_reward"] for s in g] == [0.0, 1.0, 2.0] for g in groups)
 
 
-def test_flags_from_decoded_text() -> None:
-    log = to_message_log(episode())
-    flag_messages(log, ["<think>a</think><tool_call>{bad", "<think>x"], invalid_tool_call_patterns=["{bad"],
-                  thinking_tags=("<think>", "</think>"))
-    assistants = [m for m in log if m["role"] == "assistant"]
-    assert [(m["is_invalid_tool_call"], m["has_malformed_thinking"]) for m in assistants] == [
-        (True, False), (False, True)]
-    with pytest.raises(ValueError, match="1 texts for 2"):
-        flag_messages(log, ["x"])
+def message(text: str) -> dict:
+    return {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+
+
+def reasoning(text: str) -> dict:
+    return {"type": "reasoning", "summary": [{"type": "summary_text", "text": text}]}
+
+
+@pytest.mark.parametrize("item, flags", [
+    (message("It is sunny."), (False, False)),
+    (message("<tool_call>\n<function=get_weather>"), (True, False)),  # a call left in the text was never run
+    (message("</think>It is sunny."), (False, True)),  # any thinking tag in a final answer is malformed
+    (reasoning("<think>plan</think>"), (False, False)),  # one pair in a reasoning summary is expected
+    (reasoning("<think>a<think>b"), (False, True)),  # a repeated tag is not
+    (reasoning("call <function_call>"), (True, False)),
+    ({"type": "function_call", "name": "f", "arguments": "{}"}, (False, False)),  # a structured call is fine
+])
+def test_flags_are_computed_from_the_closing_item_as_nemo_rl_does(item: dict, flags: tuple) -> None:
+    assert detect_flags(item) == flags
+
+
+def test_flags_reach_the_message_log_with_configured_patterns() -> None:
+    result = episode()
+    item(result, 3)["content"] = [{"type": "output_text", "text": "[TOOL] call"}]
+    log = to_message_log(result, invalid_tool_call_patterns=["[TOOL]"])
+    assert [m["is_invalid_tool_call"] for m in log if m["role"] == "assistant"] == [False, True]
 
 
 # --- rows out (contract §2.2) ---------------------------------------------------------------------------------
@@ -197,20 +228,20 @@ def test_nan_logprobs_are_an_error() -> None:
 
 def test_reward_must_equal_the_sum_of_its_components() -> None:
     with pytest.raises(ValueError, match=r"sum\(reward_components\)"):
-        to_nemo_rl_sample(episode(reward=1.0, reward_components={"a": 0.5, "b": 0.25}))
+        to_nemo_rl_sample(episode(reward=1.0, reward_components={"a": 0.5, "b": 0.25}), OPTIONS)
     with pytest.raises(TrajectoryError, match="numeric `reward`"):  # a failed rollout is never a reward of 0
-        to_nemo_rl_sample({**episode(), "reward": None})
+        to_nemo_rl_sample({**episode(), "reward": None}, OPTIONS)
 
 
 def test_groups_need_num_generations_samples_of_one_agent() -> None:
     results = [episode(task=0, repeat=r) for r in range(2)]
     with pytest.raises(ValueError, match="divisible"):
-        to_nemo_rl_groups(results[:1], num_generations=2)
+        to_nemo_rl_groups(results[:1], 2, OPTIONS)
     with pytest.raises(ValueError, match="task 0: 1 samples"):
-        to_nemo_rl_groups([results[0], episode(task=1, repeat=0)], num_generations=2)
+        to_nemo_rl_groups([results[0], episode(task=1, repeat=0)], 2, OPTIONS)
     with pytest.raises(ValueError, match="2 agent"):
-        to_nemo_rl_groups([results[0], episode(task=0, repeat=1, agent="other")], num_generations=2)
-    assert len(to_nemo_rl_groups(copy.deepcopy(results), num_generations=2)) == 1
+        to_nemo_rl_groups([results[0], episode(task=0, repeat=1, agent="other")], 2, OPTIONS)
+    assert len(to_nemo_rl_groups(copy.deepcopy(results), 2, OPTIONS)) == 1
 
 
 # --- in-process collection against the fake agent ---------------------------------------------------------
@@ -240,12 +271,12 @@ async def test_collect_by_registered_name_then_nemo_rl_groups(stack: Stack, monk
     finally:
         await close_client()
     assert not batch.failed and len(batch.results) == 6
-    groups = to_nemo_rl_groups(batch.results, num_generations=2)
+    groups = to_nemo_rl_groups(batch.results, 2, OPTIONS)
     assert [[s["agent_ref"]["name"] for s in g] for g in groups] == [["fake"] * 2] * 3
     for task, group in enumerate(groups):
         assert [s["message_log"][0]["token_ids"] for s in group] == [[1, task]] * 2
         assert [s["message_log"][1]["token_ids"] for s in group] == [[0, 2], [1, 2]]
-        assert all(s["total_reward"] == task / 10 and s["length"] == 4 for s in group)
+        assert all(s["total_reward"] == task / 10 and s["length"] == 2 for s in group)
         assert all(s["full_result"]["_rowidx"] == task for s in group)
 
 
@@ -289,13 +320,13 @@ def test_native_engine_rollouts_become_nemo_rl_groups() -> None:
     with launch(ROOT / "examples" / "native.yaml", registry_port=0, echo_logs=False) as stack:
         results = asyncio.run(run(stack.url("agent")))
     tokenizer = ChatTokenizer.from_pretrained("builtin:tiny")
-    groups = to_nemo_rl_groups(results, num_generations=2)
+    groups = to_nemo_rl_groups(results, 2, OPTIONS)
     assert len(groups) == 2
     for group in groups:
         for sample in group:
             t = to_trajectory(sample["full_result"])
             ids = [i for m in sample["message_log"] for i in m["token_ids"]]
-            assert ids == t.prompt_ids + t.completion_ids and sample["length"] == len(ids)
+            assert ids == t.prompt_ids + t.completion_ids and sample["length"] == len(t.prompt_ids)
             assert sample["total_reward"] == t.reward
             first = tokenizer.decode(sample["input_message_log"][0]["token_ids"])
             assert sample["full_result"]["responses_create_params"]["input"][-1]["content"] in first
