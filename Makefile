@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all demo train-demo bench clean
+.PHONY: install test test-all reliability demo train-demo bench clean
 
 $(STAMP): pyproject.toml compat/nemo_gym/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -25,6 +25,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m ''
+
+# The fault, bad-input, edge-probe, fuzz and soak suites in full (about 20 minutes; the soak alone holds load 10 minutes),
+# then docs/reliability.md rewritten from the results. Their short forms run in `make test`.
+reliability: $(STAMP)
+	$(BIN)/python scripts/reliability.py
 
 # The fine-tuned tiny model (model/builtin/tiny-sft) on the native engine, answering weather questions.
 demo: $(STAMP)

@@ -4,26 +4,27 @@
   gym status                                                    # what is running (asks the registry)
   gym rollout --agent agent --input data.jsonl --output out/rollouts.jsonl --num-repeats 4
   gym down                                                      # stop what `gym up` started
-  gym env test weather                                          # run an environment's tests
+  gym dataset check examples/quickstart.yaml                    # every dataset row parses and has an agent
+  gym env list                                                  # the environments, one line each
+  gym env new my_env                                            # scaffold a working environment
+  gym env test weather                                          # conformance table + the environment's tests
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
-import importlib.util
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from gym_core.auth import AuthError
+from gym_core.cli_env import add_dataset_parser, add_env_parser
 from gym_core.client import (
     DEFAULT_REGISTRY_URL,
     REGISTRY_URL_ENV,
@@ -33,20 +34,12 @@ from gym_core.client import (
     parse_json,
 )
 from gym_core.config import ConfigError, secret_overrides
+from gym_core.datasets import DatasetError
 from gym_core.gc_tuning import tuned_gc
 from gym_core.launcher import LaunchError, format_table, launch
-from rollout.collect import (
-    DEFAULT_CONCURRENCY,
-    DEFAULT_TIMEOUT_S,
-    CollectOptions,
-    DataError,
-    collect,
-    count_rows,
-    read_rows,
-)
-from rollout.resume import DEFAULT_MAX_ATTEMPTS
-from rollout.routing import is_url
-from rollout.sampling import SamplingOptions
+
+if TYPE_CHECKING:
+    from rollout.collect import CollectOptions
 
 REGISTRY_HELP = f"registry URL (default: ${REGISTRY_URL_ENV}, else {DEFAULT_REGISTRY_URL})"
 
@@ -60,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (ConfigError, LaunchError, DataError, AuthError, OSError) as exc:
+    except (ConfigError, LaunchError, DatasetError, AuthError, OSError) as exc:
         print(f"gym {args.command}: {exc}", file=sys.stderr)
         return 1
 
@@ -96,17 +89,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_rollout_parser(commands)
 
-    env = commands.add_parser("env", help="environment tools", description="Environment tools.")
-    env_commands = env.add_subparsers(dest="env_command", metavar="COMMAND", required=True)
-    test = env_commands.add_parser("test", help="run an environment's tests with pytest",
-                                   description="Run pytest on environments/NAME (extra arguments go to pytest).")
-    test.add_argument("name", help="environment name, e.g. weather")
-    test.add_argument("pytest_args", nargs=argparse.REMAINDER, help="extra pytest arguments")
-    test.set_defaults(handler=cmd_env_test)
+    add_env_parser(commands)
+    add_dataset_parser(commands)
     return parser
 
 
 def _add_rollout_parser(commands: Any) -> None:
+    # The kernel reaches the collector only inside its command (rollout/ is not needed to run servers).
+    from rollout.collect import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT_S
+    from rollout.resume import DEFAULT_MAX_ATTEMPTS
+
     rollout = commands.add_parser(
         "rollout", help="collect rollouts from an agent into JSONL",
         description="POST each task row (NeMo Gym JSONL) to the agent's /run and write one JSON line per rollout "
@@ -119,7 +111,10 @@ def _add_rollout_parser(commands: Any) -> None:
     rollout.add_argument("--agent-url", action="append", default=[], metavar="NAME=URL",
                          help="where the agent NAME of rows' agent_ref is (repeatable; other names are looked up "
                          "in the registry)")
-    rollout.add_argument("--input", "-i", required=True, type=Path, help="task rows, JSONL")
+    rollout.add_argument("--input", "-i", type=Path, default=None, help="task rows, JSONL (or --split)")
+    rollout.add_argument("--split", default=None, metavar="NAME",
+                         help="instead of --input: the agent's datasets of this split (example, train, validation, "
+                         "benchmark) from the `datasets:` blocks of --config")
     rollout.add_argument("--output", "-o", required=True, type=Path, help="rollouts JSONL to write")
     rollout.add_argument("--limit", type=int, default=None, help="use only the first N rows")
     rollout.add_argument("--num-repeats", type=int, default=1, help="rollouts per row (default 1)")
@@ -192,8 +187,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             print(f"stack token: in {stack.token_file} (clients started by `gym` read it themselves)", flush=True)
             dead = stack.wait()
             if dead is not None:
-                print(f"gym up: server '{dead.name}' exited with code {dead.process.returncode}; stopping all. "
-                      f"Its last log lines:\n{dead.tail()}", file=sys.stderr)
+                print(f"gym up: server '{dead.name}' {stack.failure}; stopping all (see `restart:` in "
+                      f"its config block). Its last log lines:\n{dead.tail()}", file=sys.stderr)
                 return 1
             print("gym up: stopping", file=sys.stderr)
     except KeyboardInterrupt:
@@ -216,7 +211,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         try:
             servers = parse_json(await client.get(registry, "/servers"), "registry")
             health = await asyncio.gather(*(_health(client, s["url"]) for s in servers))
-            return [[s["name"], s["kind"], s["url"], str(s["pid"]), h] for s, h in zip(servers, health, strict=True)]
+            return [[s["name"], s["kind"], s["url"], str(s["pid"]), h, str(s.get("restarts", 0))]
+                    for s, h in zip(servers, health, strict=True)]
         finally:
             await client.aclose()
 
@@ -226,7 +222,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"gym status: no registry answering at {registry} ({_brief(exc)}); is `gym up` running? "
               f"Pass --registry or set {REGISTRY_URL_ENV}", file=sys.stderr)
         return 1
-    print(format_table(["NAME", "KIND", "URL", "PID", "HEALTH"], rows) if rows else "no servers registered")
+    print(format_table(["NAME", "KIND", "URL", "PID", "HEALTH", "RESTARTS"], rows) if rows else "no servers registered")
     print(f"registry: {registry}")
     return 0
 
@@ -273,14 +269,28 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_rollout(args: argparse.Namespace) -> int:
     """`gym rollout`: collect rollouts against running servers, or start them with --config."""
+    from rollout.collect import DataError
+
     with tuned_gc():  # this process holds every rollout in flight: -25% of its CPU per rollout (gc_tuning)
-        return _rollout(args)
+        try:
+            return _rollout(args)
+        except DataError as exc:
+            print(f"gym rollout: {exc}", file=sys.stderr)
+            return 1
 
 
 def _rollout(args: argparse.Namespace) -> int:
+    from rollout.routing import is_url
+
     if args.overrides and not args.config:
         print("gym rollout: overrides need --config", file=sys.stderr)
         return 2
+    if (args.input is None) == (args.split is None) or (args.split and not args.config):
+        print("gym rollout: give --input FILE, or --split NAME with --config CONFIG (its datasets: blocks say "
+              "which files a split is)", file=sys.stderr)
+        return 2
+    if args.split:
+        args.input = _split_input(args)
     if args.config is None:
         return _collect(args, _registry_url(args))
     _refuse_secret_overrides("rollout", args.overrides)
@@ -294,6 +304,10 @@ def _rollout(args: argparse.Namespace) -> int:
 
 def collect_options(args: argparse.Namespace, total: int | None) -> CollectOptions:
     """`gym rollout`'s flags as collect options; a bad value raises ValueError naming the flag."""
+    from rollout.collect import CollectOptions
+    from rollout.routing import is_url
+    from rollout.sampling import SamplingOptions
+
     agents = {}
     for pair in args.agent_url:
         name, equals, url = pair.partition("=")
@@ -307,7 +321,27 @@ def collect_options(args: argparse.Namespace, total: int | None) -> CollectOptio
                           aggregate_metrics=not args.no_aggregate, sampling=sampling)
 
 
+def _split_input(args: argparse.Namespace) -> Path:
+    """The task file of `--split`: the agent's one dataset of that split, or its several ones joined."""
+    from gym_core.config import load_config
+    from gym_core.datasets import split_rows
+
+    paths = split_rows(load_config(args.config, args.overrides), args.agent, args.split)
+    if len(paths) == 1:
+        return paths[0]
+    joined = args.output.with_name(f"{args.output.stem}_{args.split}_inputs.jsonl")
+    joined.parent.mkdir(parents=True, exist_ok=True)
+    with open(joined, "wb") as out:
+        for path in paths:
+            for line in path.read_bytes().splitlines():
+                if line.strip():
+                    out.write(line + b"\n")
+    return joined
+
+
 def _collect(args: argparse.Namespace, registry_url: str) -> int:
+    from rollout.collect import count_rows, read_rows
+
     try:
         options = collect_options(args, count_rows(args.input, args.limit))
     except ValueError as exc:
@@ -319,6 +353,8 @@ def _collect(args: argparse.Namespace, registry_url: str) -> int:
     async def run() -> Any:
         os.environ[REGISTRY_URL_ENV] = registry_url  # the process-wide client looks names up here
         try:
+            from rollout.collect import collect
+
             if args.ray is None:
                 return await collect(args.agent, rows, args.output, options=options)
             from rollout.ray_collect import collect_on_ray
@@ -353,21 +389,6 @@ def report(summary: Any) -> int:
         print(f"{summary.trajectory_errors} rollouts were not token-exact and have no trajectory (see the log)",
               file=sys.stderr)
     return 0 if summary.count or summary.resumed else 1
-
-
-def cmd_env_test(args: argparse.Namespace) -> int:
-    """`gym env test NAME`: pytest on environments/NAME."""
-    spec = importlib.util.find_spec("environments")
-    roots = [Path(p) for p in (spec.submodule_search_locations or [])] if spec else []
-    available = sorted(d.name for root in roots for d in root.iterdir() if (d / "app.py").is_file())
-    if args.name not in available:
-        close = difflib.get_close_matches(args.name, available, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        print(f"gym env test: no environment '{args.name}'{hint}; available: {', '.join(available) or 'none'}",
-              file=sys.stderr)
-        return 2
-    path = next(root / args.name for root in roots if (root / args.name / "app.py").is_file())
-    return subprocess.call([sys.executable, "-m", "pytest", "-q", str(path), *args.pytest_args])
 
 
 if __name__ == "__main__":

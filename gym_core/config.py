@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, ValidationError
 
-Kind = Literal["policy", "resources", "agent"]
-KINDS: tuple[str, ...] = ("policy", "resources", "agent")
+from gym_core.datasets import DatasetSpec, anchor_paths
+
+Kind = Literal["policy", "resources", "agent", "external"]
+KINDS: tuple[str, ...] = ("policy", "resources", "agent", "external")
 
 # Fields of a server block that name another server, and the kind that server must have.
 REFERENCE_KINDS: dict[str, str] = {"policy": "policy", "judge": "policy", "resources": "resources", "agent": "agent"}
@@ -48,6 +50,23 @@ class ConfigError(ValueError):
     """A config problem, reported as `file: key: what is wrong` lines."""
 
 
+class RestartPolicy(BaseModel):
+    """When the launcher restarts a server that exited (`restart:` in the server's block; gym_core/supervisor.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # on-failure: a non-zero exit code or a signal (kill -9, OOM); a clean exit (code 0) stops the stack.
+    when: Literal["on-failure", "always", "never"] = "on-failure"
+    max_restarts: int = Field(5, ge=0)  # within window_s; one more exit gives up and stops the stack
+    window_s: float = Field(600.0, gt=0)
+    backoff_s: float = Field(1.0, ge=0)  # before the first restart; doubles with each restart in the window
+    max_backoff_s: float = Field(30.0, ge=0)
+
+    def covers(self, exit_code: int) -> bool:
+        """Whether an exit with this code is one to restart after."""
+        return self.when == "always" or (self.when == "on-failure" and exit_code != 0)
+
+
 class ServerSpec(BaseModel):
     """One server block. Fields beyond these are the server's own settings, passed to it verbatim."""
 
@@ -55,10 +74,12 @@ class ServerSpec(BaseModel):
 
     kind: Kind
     entrypoint: str | None = None  # "module:Class", or "module" holding exactly one GymServer subclass
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)  # the launcher's, not passed to the server
+    datasets: list[DatasetSpec] | None = None  # task data of this server (gym_core/datasets.py)
 
     def block(self) -> dict[str, Any]:
         """The resolved config block handed to the server process."""
-        return self.model_dump(exclude_none=True)
+        return self.model_dump(exclude_none=True, exclude={"restart"})
 
 
 class GymConfig(BaseModel):
@@ -79,8 +100,8 @@ class GymConfig(BaseModel):
         return self._secret_env
 
     def of_kind(self, kind: str) -> list[str]:
-        """Names of the servers of one kind, in config order."""
-        return [name for name, spec in self.servers.items() if spec.kind == kind]
+        """Names of the servers of one kind, in config order (an external server counts as the kind it serves)."""
+        return [name for name, spec in self.servers.items() if _serves(spec) == kind]
 
 
 def load_config(source: str | Path | Mapping[str, Any] | GymConfig, overrides: Sequence[str] = ()) -> GymConfig:
@@ -92,7 +113,9 @@ def load_config(source: str | Path | Mapping[str, Any] | GymConfig, overrides: S
     elif isinstance(source, Mapping):
         data = _merge({}, dict(source), (), "<config dict>", origins)
     else:
-        data = _load_file(Path(source), [], origins)
+        parsed = [parse_override(text) for text in overrides]
+        variables = {keys[0]: value for keys, value in parsed if len(keys) == 1 and _is_scalar(value)}
+        data = _load_file(Path(source), [], origins, variables)
     for text in overrides:
         keys, value = parse_override(text)
         _set_path(data, keys, value, f"override '{text}'", origins)
@@ -146,8 +169,13 @@ def _label(path: Path) -> str:
         return str(path)
 
 
-def _load_file(path: Path, chain: list[Path], origins: dict[Path_, str]) -> dict[str, Any]:
-    """Read one YAML file and its includes (depth first); the including file overrides what it includes."""
+def _load_file(path: Path, chain: list[Path], origins: dict[Path_, str],
+               variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read one YAML file and its includes (depth first); the including file overrides what it includes.
+
+    An include may name a top-level value, `include: [../environments/${environment}/config.yaml]`: it is read
+    from the overrides, then the including files, then this file (the same order in which they win).
+    """
     resolved = path.resolve()
     label = _label(path)
     if resolved in chain:
@@ -167,11 +195,36 @@ def _load_file(path: Path, chain: list[Path], origins: dict[Path_, str]) -> dict
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
         raise ConfigError(f"{label}: {INCLUDE_KEY}: expected a file name or a list of file names")
+    anchor_paths(raw.get("servers"), resolved.parent)
+    scope = {**{k: v for k, v in raw.items() if _is_scalar(v)}, **(variables or {})}
     merged: dict[str, Any] = {}
     for name in includes:
-        included = _load_file(resolved.parent / name, [*chain, resolved], origins)
+        included = _load_file(resolved.parent / _include_path(name, scope, label), [*chain, resolved], origins, scope)
         merged = _merge(merged, included, (), None, origins)
     return _merge(merged, raw, (), label, origins)
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool))
+
+
+def _include_path(name: str, scope: dict[str, Any], label: str) -> str:
+    """An include's file name with `${key}` (a top-level value) and `${env:VAR,default}` filled in."""
+
+    def fill(match: re.Match) -> str:
+        expr = match.group(1).strip()
+        scheme, colon, rest = expr.partition(":")
+        if colon and scheme == "env":
+            var, comma, default = rest.partition(",")
+            if var.strip() in os.environ or comma:
+                return os.environ.get(var.strip(), default.strip())
+            raise ConfigError(f"{label}: include '{name}': environment variable {var.strip()} is not set")
+        if expr in scope:
+            return str(scope[expr])
+        raise ConfigError(f"{label}: include '{name}': '{expr}' is not a top-level value of this file, of a file "
+                          f"including it, or an override (e.g. {expr}=...)")
+
+    return _INTERP_RE.sub(fill, name)
 
 
 def _merge(base: dict, extra: dict, prefix: Path_, label: str | None, origins: dict[Path_, str]) -> dict:
@@ -351,6 +404,8 @@ def _check_block(name: str, block: Any, origins: dict[Path_, str]) -> list[str]:
     if kind not in KINDS:
         hint = _did_you_mean(str(kind), KINDS)
         return [err("kind", f"unknown kind '{kind}'{hint}; expected one of {', '.join(KINDS)}")]
+    if kind == "external":
+        return _check_external(block, err)
     entrypoint = block.get("entrypoint")
     if entrypoint is not None:
         if not isinstance(entrypoint, str) or not _ENTRYPOINT_RE.match(entrypoint):
@@ -376,6 +431,23 @@ def _check_implementation(block: dict, err: Any) -> list[str]:
         known = ", ".join(sorted(available)) or "none"
         return [err(key, f"no {what} '{value}'{_did_you_mean(value, sorted(available))}; available: {known}")]
     return []
+
+
+def _check_external(block: dict, err: Any) -> list[str]:
+    """A `kind: external` block must be what gym_core/external.py can start."""
+    from gym_core.external import ExternalSpec  # a small module; imported only for configs that use it
+
+    try:
+        ExternalSpec.model_validate(block)
+    except ValidationError as exc:
+        return [err(".".join(map(str, e["loc"])) or None, str(e["msg"]).removeprefix("Value error, "))
+                for e in exc.errors()]
+    return []
+
+
+def _serves(spec: ServerSpec) -> str:
+    """The kind a server answers as: its own, or for an external server the kind it `serves`."""
+    return str(getattr(spec, "serves", "other")) if spec.kind == "external" else spec.kind
 
 
 def _modules_in(package: str, want_package: bool) -> set[str] | None:
@@ -414,8 +486,10 @@ def _check_references(name: str, spec: ServerSpec, config: GymConfig, origins: d
                 hint = _did_you_mean(target, config.of_kind(want) or list(config.servers))
                 errors.append(f"{where}: no server named '{target}'{hint}; {want} servers: "
                               f"{', '.join(config.of_kind(want)) or 'none'}")
-            elif config.servers[target].kind != want:
-                errors.append(f"{where}: '{target}' is of kind {config.servers[target].kind}, expected kind {want}")
+            elif _serves(config.servers[target]) != want:
+                errors.append(f"{where}: '{target}' is of kind {config.servers[target].kind}, expected kind {want}"
+                              + (f" (an external server names its kind with `serves: {want}`)"
+                                 if config.servers[target].kind == "external" else ""))
     return errors
 
 

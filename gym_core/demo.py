@@ -13,15 +13,16 @@ import importlib.util
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gym_core.client import close_client
 from gym_core.config import ConfigError, GymConfig
 from gym_core.launcher import LaunchError, launch
-from rollout.collect import CollectionSummary, DataError, collect, count_rows, read_rows
-from rollout.metrics import format_key_metrics
+
+if TYPE_CHECKING:
+    from rollout.collect import CollectionSummary
 
 
 def example_data(config: GymConfig, agent: str) -> Path:
@@ -48,6 +49,8 @@ def pick_agent(config: GymConfig, wanted: str | None) -> str:
 
 
 async def _collect(agent_url: str, agent: str, data: Path, args: argparse.Namespace) -> CollectionSummary:
+    from rollout.collect import collect, count_rows, read_rows
+
     try:
         return await collect(agent_url, read_rows(data, args.rows), args.output, agent_name=agent,
                              num_repeats=args.repeats, concurrency=args.concurrency,
@@ -102,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per rollout (default 120)")
     parser.add_argument("--output", type=Path, default=Path("runs/demo/rollouts.jsonl"), help="rollouts JSONL")
     args = parser.parse_args(argv)
+    # The kernel reaches the collector only here, inside the command.
+    from rollout.collect import DataError
+    from rollout.metrics import format_key_metrics
+
     started = time.perf_counter()
     try:
         with launch(args.config, args.overrides, registry_port=0, echo_logs=False) as stack:

@@ -6,9 +6,11 @@ with launch("examples/quickstart.yaml", overrides=["servers.agent.max_steps=4"],
     stack.servers["agent"].url     # each server's base URL, pid, kind and recent log lines
 ```
 Each server runs `python -m gym_core.serve` in its own process group, binds a free port itself and
-registers; `launch` returns once every server is registered and answers GET /health. On leaving the
-block (normally, on an exception or on Ctrl-C) every process gets SIGTERM, then SIGKILL after a grace
-period. A server that exits or hangs during start raises LaunchError with its last log lines.
+registers; `launch` returns once every server is registered and answers GET /health. From then on a
+server that exits is restarted per its `restart:` policy (gym_core/supervisor.py); `Stack.wait()` returns
+when a stop is requested or a server's policy gives up. On leaving the block (normally, on an exception
+or on Ctrl-C) every process gets SIGTERM, then SIGKILL after a grace period. A server that exits or hangs
+during start raises LaunchError with its last log lines.
 
 The stack token (`gym_core.auth`) is the config's `auth_token`, else $GYM_AUTH_TOKEN, else drawn at random; it is
 written to a file only the user can read, and `stack.auth.headers()` gives the header a client sends. Each
@@ -35,10 +37,12 @@ from typing import IO
 
 import httpx
 
+from gym_core import external
 from gym_core.auth import AUTH_TOKEN_ENV, AUTH_TOKEN_FILE_ENV, StackAuth, new_token, remove_token, write_token
 from gym_core.client import REGISTRY_URL_ENV
-from gym_core.config import GymConfig, load_config
+from gym_core.config import GymConfig, ServerSpec, load_config
 from gym_core.registry import Registry, RegistryService
+from gym_core.supervisor import Supervisor
 
 START_TIMEOUT_S = 60.0
 STOP_GRACE_S = 5.0
@@ -61,6 +65,8 @@ class ServerProcess:
     url: str | None = None
     log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_TAIL_LINES))
     reader: threading.Thread | None = None
+    restarts: int = 0  # processes started after the first (the supervisor's doing)
+    health_path: str = "/health"  # answers 200 once the server is up
 
     @property
     def pid(self) -> int:
@@ -95,6 +101,9 @@ class Stack:
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     auth: StackAuth = field(default_factory=StackAuth)  # the stack token; `auth.headers()` for a client
     token_file: Path | None = None
+    # The server whose restart policy gave up, and why; `wait()` hands it over once.
+    failed: ServerProcess | None = field(default=None, repr=False)
+    failure: str = ""
 
     def url(self, name: str) -> str:
         """Base URL of the server called `name`."""
@@ -106,13 +115,19 @@ class Stack:
         """Make `wait()` return (what `gym down` does through POST /shutdown on the registry)."""
         self._stop.set()
 
+    def give_up(self, server: ServerProcess, why: str) -> None:
+        """A server is down for good (its restart policy gave up): make `wait()` return it."""
+        self.failed, self.failure = server, why
+        self._stop.set()
+
     def wait(self, poll_s: float = 0.5) -> ServerProcess | None:
-        """Block until a stop is requested (returns None) or a server exits (returns that server)."""
+        """Block until a stop is requested (returns None) or a server is down for good (returns it, once)."""
         while not self._stop.wait(poll_s):
-            for server in self.servers.values():
-                if server.process.poll() is not None:
-                    return server
-        return None
+            pass
+        failed, self.failed = self.failed, None
+        if failed is not None:
+            self._stop.clear()  # handed over; a later wait() blocks until the next stop request
+        return failed
 
     def table(self) -> str:
         """Name, kind, URL and pid of every server, one aligned row each."""
@@ -146,6 +161,7 @@ def launch(
 
     settings = launcher_settings(resolved, ray_address)
     if settings.backend == "ray":
+        external.refuse_on_ray(resolved)
         with launch_on_ray(resolved, settings, registry_port=registry_port, start_timeout=start_timeout,
                            stop_grace=stop_grace) as stack:
             yield stack
@@ -155,16 +171,29 @@ def launch(
     auth = StackAuth(stack_token(resolved), required=resolved.auth == "required")
     service = RegistryService(Registry(on_shutdown=stop.set, auth=auth), registry_port, registry_host)
     token_file: Path | None = None
+    supervisor: Supervisor | None = None
     try:
         service.start()
         token_file = write_token(service.url, auth.token or "")
         env = StackEnv(service.url, token_file, auth.required, _server_environ(resolved))
         width = max(len(name) for name in resolved.servers)
         for name, spec in resolved.servers.items():
-            processes[name] = _spawn(name, spec.kind, spec.block(), env, echo_logs, width)
-        _wait_until_healthy(processes, service.registry, start_timeout)
-        yield Stack(resolved, service.url, processes, stop, auth, token_file)
+            processes[name] = _start(name, spec, service.registry, env, echo_logs, width)
+        blocks = [spec.block() for spec in resolved.servers.values()]
+        _wait_until_healthy(processes, service.registry, max(start_timeout, external.start_timeout(blocks)))
+        stack = Stack(resolved, service.url, processes, stop, auth, token_file)
+
+        def respawn(server: ServerProcess) -> None:
+            fresh = _start(server.name, resolved.servers[server.name], service.registry, env, echo_logs, width)
+            server.process, server.reader, server.log = fresh.process, fresh.reader, fresh.log
+
+        policies = {name: spec.restart for name, spec in resolved.servers.items()}
+        supervisor = Supervisor(processes, policies, service.registry, respawn, stack.give_up, start_timeout)
+        supervisor.start()
+        yield stack
     finally:
+        if supervisor is not None:
+            supervisor.stop()  # first, so nothing is restarted while the stack stops
         stop_processes(list(processes.values()), stop_grace)
         service.stop()
         if token_file is not None:
@@ -184,7 +213,16 @@ def _server_environ(config: GymConfig) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in dropped}
 
 
-def _spawn(name: str, kind: str, block: dict, stack: StackEnv, echo: bool, width: int) -> ServerProcess:
+def _start(name: str, spec: ServerSpec, registry: Registry, stack: StackEnv, echo: bool, width: int) -> ServerProcess:
+    """Start one server: an external command (gym_core/external.py), or `python -m gym_core.serve`."""
+    if spec.kind == "external":  # any command; registered on its behalf once healthy
+        return external.spawn(name, spec.block(), registry, stack, echo, width)
+    server = ServerProcess(name, spec.kind, _spawn(name, spec.block(), stack))
+    _read_output(server, echo, width)
+    return server
+
+
+def _spawn(name: str, block: dict, stack: StackEnv) -> subprocess.Popen:
     """Start one `python -m gym_core.serve` in its own process group, its config piped to its stdin."""
     env = {**stack.environ, REGISTRY_URL_ENV: stack.registry_url, AUTH_TOKEN_FILE_ENV: str(stack.token_file),
            "PYTHONUNBUFFERED": "1"}
@@ -196,12 +234,15 @@ def _spawn(name: str, kind: str, block: dict, stack: StackEnv, echo: bool, width
     with contextlib.suppress(BrokenPipeError):  # a server that died at import says why in its log
         with process.stdin:
             process.stdin.write(json.dumps({"name": name, "spec": block, "auth_required": stack.auth_required}))
-    server = ServerProcess(name, kind, process)
-    prefix = f"{name:<{width}} | " if echo else None
-    server.reader = threading.Thread(target=_read_log, args=(process.stdout, server.log, prefix),
-                                     name=f"log-{name}", daemon=True)
+    return process
+
+
+def _read_output(server: ServerProcess, echo: bool, width: int) -> None:
+    """A thread keeping the server process's last log lines."""
+    prefix = f"{server.name:<{width}} | " if echo else None
+    server.reader = threading.Thread(target=_read_log, args=(server.process.stdout, server.log, prefix),
+                                     name=f"log-{server.name}", daemon=True)
     server.reader.start()
-    return server
 
 
 def _read_log(stream: IO[str], tail: collections.deque, prefix: str | None) -> None:
@@ -228,7 +269,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
                     raise LaunchError(f"server '{name}' exited with code {code} while starting; "
                                       f"its last log lines:\n{server.tail()}")
                 info = registry.get(name)
-                if info is not None and _healthy(http, info.url):
+                if info is not None and _healthy(http, info.url + server.health_path):
                     server.url = info.url
                     del pending[name]
             if pending and time.monotonic() > deadline:
@@ -240,7 +281,7 @@ def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry,
 
 def _healthy(http: httpx.Client, url: str) -> bool:
     try:
-        return http.get(f"{url}/health").status_code == 200
+        return http.get(url).status_code == 200
     except httpx.HTTPError:
         return False
 

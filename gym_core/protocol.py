@@ -178,9 +178,14 @@ class OtherTool(WireModel):
     type: str
 
 
+def _tool_type(value: Any) -> Any:
+    # Anything that is not a tool (null, a number) is tagged "other" and fails validation there: a 422, not a crash.
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
 Tool = Annotated[
     Union[Annotated[FunctionTool, Tag("function")], Annotated[OtherTool, Tag("other")]],
-    Discriminator(lambda v: "function" if (v.get("type") if isinstance(v, dict) else v.type) == "function" else "other"),
+    Discriminator(lambda v: "function" if _tool_type(v) == "function" else "other"),
 ]
 
 
@@ -516,6 +521,21 @@ class RunResult(VerifyResponse):
     Model-produced items in the episode carry the token fields; collector stamps (_ng_task_index, ...) and
     failure keys (_ng_failure_class, ...) ride along as extras.
     """
+
+
+# ------------------------------------------------------------------------------------------- user turns
+
+
+class UserTurnRequest(WireModel):
+    """POST /user_turn on a resources server with a simulated user: the episode so far, after the model answered."""
+
+    output: list[OutputItem]
+
+
+class UserTurnResponse(WireModel):
+    """The simulated user's next message (it goes into the next prompt), or none: the conversation is over."""
+
+    message: Message | None = None
 
 
 # ----------------------------------------------------------------------------------------------- errors

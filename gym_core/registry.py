@@ -39,6 +39,7 @@ class ServerInfo(BaseModel):
     kind: str
     url: str
     pid: int
+    restarts: int = 0  # how often the launcher restarted it (kept by the registry, not sent by the server)
 
 
 class Deregistration(BaseModel):
@@ -52,6 +53,7 @@ class Registry:
 
     def __init__(self, on_shutdown: Callable[[], None] | None = None, auth: StackAuth | None = None) -> None:
         self._servers: dict[str, ServerInfo] = {}
+        self._restarts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._on_shutdown = on_shutdown
         self.auth = auth or StackAuth()
@@ -72,8 +74,20 @@ class Registry:
             held = self._servers.get(info.name)
             if held is not None and held.pid != info.pid and _alive(held.pid):
                 return held
-            self._servers[info.name] = info
+            self._servers[info.name] = info.model_copy(update={"restarts": self._restarts.get(info.name, 0)})
             return None
+
+    def exited(self, name: str, pid: int) -> None:
+        """The launcher saw process `pid` of `name` exit: drop its entry (unless a newer process registered)."""
+        with self._lock:
+            info = self._servers.get(name)
+            if info is not None and info.pid == pid:
+                del self._servers[name]
+
+    def restarted(self, name: str) -> None:
+        """Count one restart of `name` (GET /servers shows it as `restarts`)."""
+        with self._lock:
+            self._restarts[name] = self._restarts.get(name, 0) + 1
 
     def deregister(self, name: str) -> None:
         """Forget a server (it stopped)."""

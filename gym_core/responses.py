@@ -7,7 +7,7 @@ from typing import Any
 from starlette.responses import Response
 
 from gym_core.limits import truncate_echo
-from gym_core.protocol import dumps
+from gym_core.protocol import ErrorBody, ErrorDetail, dumps
 
 ERROR_TYPES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
@@ -29,4 +29,4 @@ class JSONResponse(Response):
 def error_response(status: int, message: str, error_type: str | None = None) -> JSONResponse:
     """An `{"error": {"type", "message"}}` response; the message is cut to a bounded length (no whole echoes)."""
     kind = error_type or ERROR_TYPES.get(status, "http_error")
-    return JSONResponse({"error": {"type": kind, "message": truncate_echo(message)}}, status_code=status)
+    return JSONResponse(ErrorBody(error=ErrorDetail(type=kind, message=truncate_echo(message))), status_code=status)

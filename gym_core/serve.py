@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from gym_core.auth import AUTH_TOKEN_FILE_ENV, AuthError, StackAuth, find_token
 from gym_core.client import DEFAULT_REGISTRY_URL, REGISTRY_URL_ENV, ServerError, close_client, get_client
 from gym_core.gc_tuning import tune_gc
+from gym_core.keepalive import DEFAULT_KEEP_ALIVE_S
 from gym_core.server import GymServer, bind_socket, uvicorn_server
 
 BIND_HOST_ENV = "GYM_BIND_HOST"
@@ -114,7 +115,8 @@ async def run(server: GymServer, registry_url: str, host: str = "127.0.0.1") -> 
     sock = bind_socket(host, 0)
     url = f"http://{host}:{sock.getsockname()[1]}"
     uv = uvicorn_server(server.build_app(), log_level=os.environ.get("GYM_LOG_LEVEL", "info"),
-                        timeout_graceful_shutdown=5)
+                        timeout_graceful_shutdown=5,
+                        timeout_keep_alive=getattr(server.config, "keep_alive_s", DEFAULT_KEEP_ALIVE_S))
 
     def stop(signum: int, frame: Any) -> None:
         uv.should_exit = True

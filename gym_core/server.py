@@ -26,7 +26,7 @@ from starlette.routing import BaseRoute
 
 from gym_core.auth import StackAuth
 from gym_core.edge import ADMIN_ROUTES, EdgeMiddleware, Receive, Scope, Send, body_refused_cause
-from gym_core.limits import BoundedHttpToolsProtocol
+from gym_core.keepalive import DEFAULT_KEEP_ALIVE_S, StallSafeHttpProtocol
 from gym_core.responses import JSONResponse, error_response
 from gym_core.sessions import SESSION_HEADER, SessionRefused, SessionSigner, session_id_of, session_is_new
 
@@ -47,6 +47,8 @@ class ServerConfig(BaseModel):
     impl: str | None = None
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, gt=0)
     body_timeout_s: float = Field(30.0, gt=0)  # the longest wait for the next chunk of a request body
+    # Seconds an idle connection stays open; longer than clients keep theirs (gym_core.client, 15 s).
+    keep_alive_s: float = Field(DEFAULT_KEEP_ALIVE_S, gt=0)
     # Signs session tokens; set it only when several workers of one server must accept each other's sessions.
     # Unset, each start draws a random secret (never logged).
     session_secret: str | None = Field(None, repr=False)
@@ -193,13 +195,15 @@ class GymApp(FastAPI):
     small request's own work (benchmarks/README.md, "Framework CPU per rollout"). Its exceptions go to the
     app's handlers as before; FastAPI's native OpenTelemetry does not see these requests. Everything else
     takes the usual FastAPI path. `fast_edge` is the edge (sessions, size limit) in front of the lane.
+    Middleware is never skipped: an app with middleware beyond the edge (an environment's `app.add_middleware`
+    or `@app.middleware("http")`) has no fast lane, and every request goes through its middleware.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fast_edge: EdgeMiddleware | None = None
         self._fast_lane: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
-        self._fast_lane_of = -1  # how many routes the lane was built from (routes may be added later)
+        self._fast_lane_of = (-1, -1)  # (routes, middleware) the lane was built from (routes may be added later)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.fast_edge is not None and not self.root_path:
@@ -231,9 +235,11 @@ class GymApp(FastAPI):
         return next((self.exception_handlers[c] for c in type(exc).__mro__ if c in self.exception_handlers), None)
 
     def _lane(self) -> dict[tuple[str, str], Callable[[Request], Awaitable[Response]]]:
-        routes = self.router.routes
-        if self._fast_lane_of != len(routes):
-            self._fast_lane, self._fast_lane_of = _fast_lane(routes), len(routes)
+        routes, middleware = self.router.routes, self.user_middleware
+        if self._fast_lane_of != (len(routes), len(middleware)):
+            extra = [m for m in middleware if m.cls is not EdgeMiddleware]  # type: ignore[attr-defined]
+            self._fast_lane = {} if extra else _fast_lane(routes)
+            self._fast_lane_of = (len(routes), len(middleware))
         return self._fast_lane
 
 
@@ -282,11 +288,11 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 
 def uvicorn_server(app: FastAPI, *, log_level: str = "warning", **overrides: Any) -> uvicorn.Server:
-    """A uvicorn server tuned for us: uvloop + httptools with a bounded request head, keep-alive longer than our
-    client's (15 s)."""
+    """A uvicorn server tuned for us: uvloop + httptools with a bounded request head and a stall-safe keep-alive,
+    longer than our client's (15 s)."""
     options: dict[str, Any] = dict(
-        loop="uvloop", http=BoundedHttpToolsProtocol, lifespan="on", log_level=log_level,
-        timeout_keep_alive=30, backlog=4096, access_log=False, timeout_graceful_shutdown=10,
+        loop="uvloop", http=StallSafeHttpProtocol, lifespan="on", log_level=log_level,
+        timeout_keep_alive=DEFAULT_KEEP_ALIVE_S, backlog=4096, access_log=False, timeout_graceful_shutdown=10,
         # Servers are called directly (their registered URL), never through a proxy: no X-Forwarded-* to apply.
         proxy_headers=False,
     )
@@ -307,8 +313,8 @@ async def serve_in_background(app: FastAPI, startup_timeout: float = 10.0) -> As
     """Serve `app` on a free loopback port inside the running loop; yields its base URL; always stops it."""
     sock = bind_socket()
     config = uvicorn.Config(
-        app, http=BoundedHttpToolsProtocol, lifespan="on", log_level="warning", access_log=False,
-        timeout_keep_alive=30, timeout_graceful_shutdown=1,
+        app, http=StallSafeHttpProtocol, lifespan="on", log_level="warning", access_log=False,
+        timeout_keep_alive=DEFAULT_KEEP_ALIVE_S, timeout_graceful_shutdown=1,
     )
     server = _InProcessServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

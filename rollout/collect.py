@@ -6,8 +6,9 @@ rollout/routing.py); settings from `SamplingOptions` (temperature, top_p, max_ou
 are applied to its `responses_create_params` (rollout/sampling.py). Rows are read lazily and at most
 `concurrency` rollouts exist at any time (rollout/dispatch.py), so memory is bounded by what is in flight, not by
 the dataset. A rollout that fails (HTTP error, timeout, unreachable agent, a body without a reward, or an
-agent-reported `_ng_failure_class`) goes to the `<stem>_failures.jsonl` sidecar with its error; it never becomes
-a reward of 0. A result the agent marks `_ng_no_persist` (kill-shaped) is written nowhere and only counted
+agent-reported `_ng_failure_class`) goes to the `<stem>_failures.jsonl` sidecar with its error and class
+(rollout/failures.py); it never becomes a reward of 0. While an upstream is down, rollouts are held, not failed
+(rollout/backoff.py). A result the agent marks `_ng_no_persist` (kill-shaped) is written nowhere and only counted
 (`not_persisted`), so a later resume runs it again, as in NeMo Gym.
 
 Without `resume` both files start empty (the sidecar too, so no stale attempts leak into a later resume). With

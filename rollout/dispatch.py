@@ -14,8 +14,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gym_core.client import ServerError, get_client
+from gym_core.client import get_client
 from gym_core.protocol import is_reward
+from rollout.backoff import UpstreamGate
+from rollout.failures import failure_record
 from rollout.resume import ResumeState
 from rollout.routing import AgentRoutes, agent_ref, name_of
 from rollout.sampling import SamplingOptions
@@ -67,16 +69,17 @@ def classify(row: dict[str, Any], result: Any) -> Outcome:
     return Outcome("success", {**result, **stamps}, float(reward))
 
 
-async def run_one(agent_url: str, row: dict[str, Any], timeout: float) -> Outcome:
-    """One rollout; every failure mode is a failure outcome with a typed error."""
+async def run_one(agent: str, row: dict[str, Any], timeout: float, gate: UpstreamGate | None = None) -> Outcome:
+    """One rollout on `agent` (a URL, or a registry name the client re-resolves after a restart); with a `gate`,
+    held while an upstream is down (rollout/backoff.py). Every failure is a failure outcome with a typed error
+    and, where it can be told, its class (rollout/failures.py)."""
+    async def attempt() -> Any:
+        return await get_client().post_json(agent, "/run", row, timeout=timeout)
+
     try:
-        result = await get_client().post_json(agent_url, "/run", row, timeout=timeout)
-    except ServerError as exc:
-        return Outcome("failure", {**stamps_of(row), "error": {"type": "http_error", "status": exc.status,
-                                                               "message": str(exc)}})
-    except Exception as exc:  # timeouts, refused connections, bad JSON: all are this rollout's failure
-        return Outcome("failure", {**stamps_of(row), "error": {"type": type(exc).__name__,
-                                                               "message": str(exc) or repr(exc)}})
+        result = await (gate.call(attempt) if gate is not None else attempt())
+    except Exception as exc:  # error statuses, timeouts, refused connections, bad JSON: this rollout's failure
+        return Outcome("failure", {**stamps_of(row), **failure_record(exc)})
     return classify(row, result)
 
 
@@ -116,15 +119,15 @@ async def dispatch(routes: AgentRoutes, rollouts: Iterator[dict[str, Any]], sink
     """At most `concurrency` rollouts in flight; a row is pulled only once a slot is free."""
     slots = asyncio.Semaphore(concurrency)
     running: set[asyncio.Task] = set()
+    gate = UpstreamGate()
 
-    async def run_in_slot(url: str, row: dict[str, Any]) -> None:
-        sink.record(await run_one(url, row, timeout))
+    async def run_in_slot(target: str, row: dict[str, Any]) -> None:
+        sink.record(await run_one(target, row, timeout, gate))
 
     try:
         for row in rollouts:
             await slots.acquire()
-            url = await routes.url(row["agent_ref"]["name"])
-            task = asyncio.create_task(run_in_slot(url, row))
+            task = asyncio.create_task(run_in_slot(await routes.target(row["agent_ref"]["name"]), row))
             running.add(task)
             task.add_done_callback(lambda t: (running.discard(t), slots.release()))
         await asyncio.gather(*running)

@@ -44,6 +44,7 @@ class AgentRoutes:
         self.default = default
         self.default_name = default_name or default
         self._urls = {name: url.rstrip("/") for name, url in (urls or {}).items()}
+        self._registered: set[str] = set()  # names resolved through the registry
         if is_url(default):
             self._urls.setdefault(self.default_name, default.rstrip("/"))
 
@@ -79,4 +80,11 @@ class AgentRoutes:
             raise UnknownAgent(f"agent {name!r} (a row's agent_ref.name, or --agent): {exc}; start that agent, fix "
                                "the row's agent_ref, or pass --agent-url NAME=URL") from None
         self._urls[name] = url
+        self._registered.add(name)
         return url
+
+    async def target(self, name: str) -> str:
+        """What to POST to for agent `name`: its name when the registry resolved it (the client then looks it up
+        again after a restart moved it), else its URL; UnknownAgent as `url`."""
+        url = await self.url(name)
+        return name if name in self._registered else url

@@ -10,9 +10,10 @@ import re
 from collections import Counter
 from typing import Any
 
-from servers.resources import aggregate_metrics
+from servers.resources import TaskRow, aggregate_metrics
 
-__all__ = ["MAX_SCAN_CHARS", "answer_metrics", "answer_region", "last_boxed", "majority_at_k", "strip_reasoning"]
+__all__ = ["MAX_SCAN_CHARS", "answer_metrics", "answer_region", "last_boxed", "majority_at_k", "reference_answer",
+           "strip_reasoning"]
 
 # A final answer sits at the end of the output; only this many trailing characters are scanned.
 MAX_SCAN_CHARS = 8_000
@@ -87,3 +88,12 @@ def answer_metrics(rows: list[dict], answer_key: str = "extracted_answer") -> di
     metrics["agent_metrics"].update(majority)
     metrics["key_metrics"].update(majority)
     return metrics
+
+
+def reference_answer(row: TaskRow) -> str:
+    """The row's `reference`: a known-correct final answer that `known_attempts` plays for `gym env test`."""
+    reference = row.extra.get("reference")
+    if not isinstance(reference, str) or not reference:
+        raise ValueError("this row has no `reference` (a known-correct answer); `gym env test` needs one in every "
+                         "example row of an environment whose correct answer cannot be derived from the row")
+    return reference

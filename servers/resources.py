@@ -14,9 +14,11 @@ An environment subclasses `ResourcesServer`, marks its tools with `@tool` and wr
             return float(session.state.get("count") == row.extra["target"])
 
 A tool's JSON schema comes from its signature (minus `self` and `session`) and docstring; it is served at
-`POST /<name>`. Raise `ToolError` for a result the model should see as an error. Optional hooks: `seed` (prepare
-a session from the task row), `compute_metrics` (metrics over a list of rows; without it `/aggregate_metrics` is
-computed incrementally, servers/metrics.py). CPU-heavy verification goes through `run_in_process`.
+`POST /<name>`. Raise `ToolError` for a result the model should see as an error; a tool that runs past
+`tool_timeout_s` is cut off with such an error too. Optional hooks: `seed` (prepare a session from the task
+row), `compute_metrics` (metrics over a list of rows; without it `/aggregate_metrics` is computed incrementally,
+servers/metrics.py). CPU-heavy verification goes through `run_in_process`. For `gym env test`, an environment
+declares `reward_range` and writes `known_attempts` (a correct and an incorrect attempt at a row).
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ from gym_core.server import (
 )
 from gym_core.sessions import SessionRefused
 
-__all__ = ["ResourcesServer", "ResourcesConfig", "Session", "SessionStore", "ToolError", "ToolSpec", "VerifyRequest",
-           "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "tool"]
+__all__ = ["Attempt", "ResourcesServer", "ResourcesConfig", "RowError", "Session", "SessionStore", "ToolError",
+           "ToolSpec", "VerifyRequest", "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "row_fields",
+           "tool"]
 
 # `POST /aggregate_metrics` in parts: NDJSON bodies (one verify response per line) of one run, in order.
 NDJSON = "application/x-ndjson"
@@ -73,6 +76,30 @@ RESERVED_NAMES = frozenset({"seed_session", "verify", "aggregate_metrics", "tool
 
 class ToolError(Exception):
     """Raise inside a tool to give the model an error result (HTTP 400) instead of crashing the rollout."""
+
+
+class RowError(ValueError):
+    """Raise in `seed` or `verify` when the task row itself is wrong: a 422 `invalid_row` naming the field,
+    which the agent reports as the row's fault (retrying it cannot help), never as a server failure."""
+
+
+RowFields = typing.TypeVar("RowFields", bound=BaseModel)
+
+
+def row_fields(model: type[RowFields], row: TaskRow) -> RowFields:
+    """The row's environment fields validated into `model`; a missing or mistyped field raises RowError naming it."""
+    try:
+        return model.model_validate(row.extra)
+    except ValidationError as err:
+        raise RowError(f"the task row's fields are invalid: {describe_validation_error(err)}") from None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A scripted try at a task, for `gym env test`: tool calls made in order, then the final answer text."""
+
+    answer: str = ""
+    calls: tuple[tuple[str, dict[str, Any]], ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------- sessions
@@ -248,6 +275,7 @@ class ResourcesConfig(ServerConfig):
     max_sessions: int = Field(65536, ge=1)  # beyond this many, the least recently used session is evicted
     end_session_on_verify: bool = True  # keeps memory bounded by in-flight rollouts
     process_workers: int = Field(2, ge=1)  # pool size for `run_in_process`
+    tool_timeout_s: float = Field(60.0, gt=0)  # a tool call running longer is cut off with an error the model sees
 
 
 class ResourcesServer(GymServer):
@@ -256,6 +284,7 @@ class ResourcesServer(GymServer):
     kind: ClassVar[str] = "resources"
     config_model: ClassVar[type[BaseModel]] = ResourcesConfig
     tools: ClassVar[dict[str, ToolSpec]] = {}
+    reward_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # every reward `verify` returns lies in it
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -284,6 +313,12 @@ class ResourcesServer(GymServer):
     def compute_metrics(self, verify_responses: list[dict]) -> dict:
         """Hook: metrics over finished rollouts (default: `aggregate_metrics`)."""
         return aggregate_metrics(verify_responses)
+
+    def known_attempts(self, row: TaskRow) -> tuple[Attempt | str, Attempt | str]:
+        """Hook for `gym env test`: a correct and an incorrect attempt at an example row (a str is the answer)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} declares no known attempts: define `def known_attempts(self, row)` returning "
+            "(correct, incorrect), each an Attempt(answer=..., calls=((tool, arguments), ...)) or the answer text")
 
     async def run_in_process(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run CPU-heavy, picklable `fn(*args, **kwargs)` in a process pool, off the event loop."""
@@ -348,10 +383,17 @@ class ResourcesServer(GymServer):
             kwargs = {name: getattr(args, name) for name in type(args).model_fields}
             if spec.takes_session:
                 kwargs["session"] = self.session_for(request)
+            deadline = asyncio.timeout(self.config.tool_timeout_s)
             try:
-                result = await method(**kwargs) if is_async else method(**kwargs)
+                async with deadline:
+                    result = await method(**kwargs) if is_async else method(**kwargs)
             except ToolError as err:
                 return error_response(400, str(err), "tool_error")
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # the tool's own timeout, not ours: a bug in the tool, answered as such
+                return error_response(400, f"tool {spec.name!r} did not finish within {self.config.tool_timeout_s:g} s "
+                                      "and was stopped; try other arguments or another tool", "tool_timeout")
             if isinstance(result, str):  # plain text reaches the model as is
                 return PlainTextResponse(result)
             if isinstance(result, BaseModel):
@@ -375,7 +417,10 @@ class ResourcesServer(GymServer):
             row = TaskRow.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/seed_session expects a task row: {_brief(err)}")
-        await self.seed(row, self.sessions.reset(session_id_of(request)))
+        try:
+            await self.seed(row, self.sessions.reset(session_id_of(request)))
+        except RowError as err:
+            return error_response(422, f"/seed_session: {err}", "invalid_row")
         return Response(b"{}", media_type="application/json")
 
     async def _verify_route(self, request: Request) -> Response:
@@ -385,7 +430,10 @@ class ResourcesServer(GymServer):
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/verify expects a task row plus `response`: {_brief(err)}")
         session = self.session_for(request)
-        result = await self.verify(row, session)
+        try:
+            result = await self.verify(row, session)
+        except RowError as err:
+            return error_response(422, f"/verify: {err}", "invalid_row")
         fields = dict(result) if isinstance(result, dict) else {"reward": result}
         reward = fields.get("reward")
         if not is_reward(reward):

@@ -6,8 +6,17 @@ import copy
 
 from pydantic import Field
 
-from environments.calendar.schedule import check_day, conflicts, grade, minutes
-from servers.resources import ResourcesConfig, ResourcesServer, Session, TaskRow, ToolError, VerifyRequest, tool
+from environments.calendar.schedule import check_day, conflicts, free_slots, grade, hhmm, minutes
+from servers.resources import (
+    Attempt,
+    ResourcesConfig,
+    ResourcesServer,
+    Session,
+    TaskRow,
+    ToolError,
+    VerifyRequest,
+    tool,
+)
 
 MAX_TITLE_CHARS = 100
 MAX_ATTENDEES = 20
@@ -119,6 +128,11 @@ class Calendar(ResourcesServer):
         final = session.state.get("events", copy.deepcopy(initial))
         return grade(goals, initial, final, session.state.get("touched", set()))
 
+    def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
+        """For `gym env test`: list the day, book the meeting in a free slot, then delete or move as asked; the
+        same with the meeting 30 minutes off its asked length."""
+        return Attempt("Done.", _plan(row, 0)), Attempt("Done.", _plan(row, 30))
+
 
 def _validate_times(day: str, start: str, end: str) -> str:
     try:
@@ -132,3 +146,31 @@ def _validate_times(day: str, start: str, end: str) -> str:
 
 def _clashes(event: dict, events: list[dict]) -> list[str]:
     return [b if a == event["id"] else a for a, b in conflicts(events) if event["id"] in (a, b)]
+
+
+def _plan(row: TaskRow, length_error: int) -> tuple[tuple[str, dict], ...]:
+    """The tool calls of a careful scheduler for the row's goals (the meeting `length_error` minutes off)."""
+    events = copy.deepcopy(row.extra["calendar"])
+    goals = sorted(row.extra["goals"], key=lambda g: g["type"] != "event_exists")  # book first: its slot is promised
+    calls: list[tuple[str, dict]] = [("list_events", {"day": goals[0]["day"]})]
+    for goal in goals:
+        if goal["type"] == "event_exists":
+            length = goal["duration_minutes"]
+            start = free_slots(events, goal["day"], goal["attendees"], length)[0]
+            if length_error:
+                length += length_error if length <= length_error else -length_error
+            event = {"title": goal["title"], "day": goal["day"], "start": hhmm(start), "end": hhmm(start + length),
+                     "attendees": goal["attendees"]}
+            events.append({"id": "new", **event})
+            calls.append(("create_event", event))
+        elif goal["type"] == "deleted":
+            events = [e for e in events if e["id"] != goal["event_id"]]
+            calls.append(("delete_event", {"event_id": goal["event_id"]}))
+        elif goal["type"] == "moved":
+            moved = next(e for e in events if e["id"] == goal["event_id"])
+            others = [e for e in events if e is not moved]
+            start = free_slots(others, goal["day"], moved["attendees"], goal["duration_minutes"])[0]
+            moved.update(day=goal["day"], start=hhmm(start), end=hhmm(start + goal["duration_minutes"]))
+            calls.append(("move_event", {"event_id": moved["id"], "day": goal["day"], "start": moved["start"],
+                                         "end": moved["end"]}))
+    return tuple(calls)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from environments.calendar.app import Calendar
-from environments.calendar.schedule import conflicts, in_working_hours
+from environments.calendar.schedule import conflicts, free_slots, hhmm, in_working_hours
 from environments.synthetic import main
 
 DAYS = ["2025-03-03", "2025-03-04", "2025-03-05", "2025-03-06", "2025-03-07"]
@@ -30,12 +30,8 @@ def tools() -> list[dict[str, Any]]:
     return [{**schema, "strict": True} for schema in Calendar("calendar", {}).tool_schemas()]
 
 
-def _time(minute: int) -> str:
-    return f"{minute // 60:02d}:{minute % 60:02d}"
-
-
 def _event(event_id: str, title: str, day: str, start: int, length: int, attendees: list[str]) -> dict[str, Any]:
-    return {"id": event_id, "title": title, "day": day, "start": _time(start), "end": _time(start + length),
+    return {"id": event_id, "title": title, "day": day, "start": hhmm(start), "end": hhmm(start + length),
             "attendees": attendees}
 
 
@@ -50,13 +46,6 @@ def make_calendar(rng: random.Random) -> list[dict[str, Any]]:
                 events.append(candidate)
                 break
     return events
-
-
-def free_slots(events: list[dict], day: str, attendees: list[str], length: int) -> list[int]:
-    """Start minutes (every 30) in working hours where all attendees are free on that day."""
-    probe = [_event("probe", "", day, start, length, attendees) for start in range(540, 1021 - length, 30)]
-    return [int(p["start"][:2]) * 60 + int(p["start"][3:]) for p in probe
-            if in_working_hours(p) and not conflicts(events + [p])]
 
 
 def make_row(rng: random.Random) -> dict[str, Any]:

@@ -34,6 +34,19 @@ def overlaps(a: dict, b: dict) -> bool:
     return a["day"] == b["day"] and minutes(a["start"]) < minutes(b["end"]) and minutes(b["start"]) < minutes(a["end"])
 
 
+def hhmm(minute: int) -> str:
+    """Minutes after midnight as 'HH:MM'."""
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def free_slots(events: list[dict], day: str, attendees: list[str], length: int) -> list[int]:
+    """Start minutes (every 30) in working hours where every attendee is free for `length` minutes on `day`."""
+    starts = range(minutes(WORK_START), minutes(WORK_END) - length + 1, 30)
+    probes = [{"day": day, "start": hhmm(s), "end": hhmm(s + length), "attendees": attendees} for s in starts]
+    return [minutes(p["start"]) for p in probes
+            if not any(_people(e) & _people(p) and overlaps(e, p) for e in events)]
+
+
 def _people(event: dict) -> set[str]:
     return {name.strip().lower() for name in event.get("attendees", [])}
 

@@ -9,8 +9,8 @@ from pydantic import Field
 from environments.code.extract import extract_code
 from environments.code.rows import hidden_tests
 from environments.code.sandbox import SandboxLimits, run_tests
-from servers.answers import answer_metrics
-from servers.resources import ResourcesConfig, ResourcesServer, Session, VerifyRequest, final_answer
+from servers.answers import answer_metrics, reference_answer
+from servers.resources import ResourcesConfig, ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
 
 MAX_REPORTED_RESULTS = 50  # per-test results echoed in the verify response
 
@@ -47,6 +47,10 @@ class Code(ResourcesServer):
     def compute_metrics(self, verify_responses: list[dict]) -> dict:
         """Means and pass@k, plus majority@k over the extracted code."""
         return answer_metrics(verify_responses, answer_key="extracted_model_code")
+
+    def known_attempts(self, row: TaskRow) -> tuple[str, str]:
+        """For `gym env test`: the row's `reference` program, and a stub that raises for every test."""
+        return reference_answer(row), "Not done yet:\n```python\nraise NotImplementedError\n```"
 
 
 def _report(passed: int, total: int, code: str | None, results: list[dict], isolation: dict,

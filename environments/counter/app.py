@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from servers.resources import ResourcesServer, Session, VerifyRequest, tool
+from servers.resources import Attempt, ResourcesServer, Session, TaskRow, VerifyRequest, tool
 
 
 class Counter(ResourcesServer):
@@ -17,3 +17,8 @@ class Counter(ResourcesServer):
     async def verify(self, row: VerifyRequest, session: Session) -> float:
         """Reward 1 when the count equals the row's `target`, else 0."""
         return float(session.state.get("count") == row.extra["target"])
+
+    def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
+        """For `gym env test`: increment straight to the target, and overshoot it by one."""
+        target = row.extra["target"]
+        return Attempt("Done.", (("increment", {"by": target}),)), Attempt("", (("increment", {"by": target + 1}),))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from environments.instruction_following.constraints import build
-from servers.answers import strip_reasoning
-from servers.resources import ResourcesServer, Session, VerifyRequest, final_answer
+from servers.answers import reference_answer, strip_reasoning
+from servers.resources import ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
+
+# A reply that does not attempt the constraints: a comma, capitals, no keywords, too short for any list or format.
+IGNORES_CONSTRAINTS = "Sure, HERE is my answer: I would rather not."
 
 
 class InstructionFollowing(ResourcesServer):
@@ -24,3 +27,7 @@ class InstructionFollowing(ResourcesServer):
             "constraint_results": [{"type": c.type.name, "satisfied": ok} for c, ok in zip(constraints, results)],
         }
 
+
+    def known_attempts(self, row: TaskRow) -> tuple[str, str]:
+        """For `gym env test`: the row's `reference` response, and a curt reply that ignores the constraints."""
+        return reference_answer(row), IGNORES_CONSTRAINTS

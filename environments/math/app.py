@@ -9,7 +9,7 @@ from pydantic import Field
 from environments.math.grading import grade, warm_up
 from environments.math.verify_pool import TaskTimeout, VerifyPool
 from servers.answers import answer_metrics
-from servers.resources import ResourcesConfig, ResourcesServer, Session, VerifyRequest, final_answer
+from servers.resources import ResourcesConfig, ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
 
 
 class MathConfig(ResourcesConfig):
@@ -52,3 +52,9 @@ class Math(ResourcesServer):
         """Stop the grading workers too."""
         self.pool.close()
         await super().shutdown()
+
+    def known_attempts(self, row: TaskRow) -> tuple[str, str]:
+        """For `gym env test`: the expected answer boxed, and the expected answer plus one boxed (off by one)."""
+        expected = str(row.extra["expected_answer"])
+        return (f"Working it out... so the answer is \\boxed{{{expected}}}.",
+                f"I think it is \\boxed{{({expected}) + 1}}.")

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from servers.answers import answer_metrics, answer_region, last_boxed
-from servers.resources import ResourcesServer, Session, VerifyRequest, final_answer
+from servers.resources import ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
 
 # "Answer: C", "the answer is (c)", "Final answer - **B**": the letter after the word "answer".
 # A bare lowercase letter counts only in parentheses ("answer is a" is English, "answer is (a)" a choice).
@@ -69,3 +69,10 @@ class MCQA(ResourcesServer):
     def compute_metrics(self, verify_responses: list[dict]) -> dict:
         """Means and pass@k, plus majority@k over the chosen letters."""
         return answer_metrics(verify_responses)
+
+    def known_attempts(self, row: TaskRow) -> tuple[str, str]:
+        """For `gym env test`: the expected letter, and the next option's letter."""
+        letters = sorted(option_texts(row.extra["options"]))
+        expected = str(row.extra["expected_answer"]).strip().upper()
+        wrong = letters[(letters.index(expected) + 1) % len(letters)]
+        return f"Let me think. Answer: {expected}", f"Let me think. Answer: {wrong}"

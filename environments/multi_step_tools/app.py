@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from servers.resources import ResourcesServer, Session, TaskRow, ToolError, VerifyRequest, tool
+from gym_core.protocol import dumps
+from servers.resources import Attempt, ResourcesServer, Session, TaskRow, ToolError, VerifyRequest, tool
 
 MAX_ANSWER_CHARS = 200
 
@@ -91,6 +92,26 @@ class MultiStepTools(ResourcesServer):
             "lookups": sum(1 for c in calls if c["tool"] != "submit_answer"),
             "tool_calls": [c["tool"] for c in calls][:50],
         }
+
+    def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
+        """For `gym env test`: look up each person the question names, their department (and its manager), then
+        submit the expected answer; the same lookups, then another department's budget or another person."""
+        database, expected = row.extra["database"], row.extra["expected_answer"]
+        question = dumps(row.responses_create_params.model_dump(mode="json")["input"]).decode()
+        departments = {d["id"]: d for d in database["departments"]}
+        lookups: list[tuple[str, dict[str, Any]]] = []
+        for person in (e for e in database["employees"] if e["name"] in question):
+            department = departments[person["department_id"]]
+            lookups += [("find_employee", {"name": person["name"]}),
+                        ("get_department", {"department_id": department["id"]})]
+            if row.extra.get("question_kind") == "manager":
+                lookups.append(("get_employee", {"employee_id": department["manager_id"]}))
+        if isinstance(expected, str):
+            wrong: Any = next(e["name"] for e in database["employees"] if not answers_equal(e["name"], expected))
+        else:
+            wrong = next(d["budget"] for d in database["departments"] if d["budget"] != expected)
+        return (Attempt(f"The answer is {expected}.", (*lookups, ("submit_answer", {"answer": str(expected)}))),
+                Attempt(f"The answer is {wrong}.", (*lookups, ("submit_answer", {"answer": str(wrong)}))))
 
 
 def answers_equal(given: str, expected: Any) -> bool:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from typing import Any
 
-from servers.answers import strip_reasoning
-from servers.resources import ResourcesServer, Session, VerifyRequest, final_answer
+from servers.answers import reference_answer, strip_reasoning
+from servers.resources import ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
 
 MAX_ANSWER_CHARS = 200_000
 
@@ -35,3 +36,20 @@ class StructuredOutput(ResourcesServer):
             return {"reward": 0.0, "schema_valid": False, "json_found": False, "json_error": str(err)}
         graded = grade(document, validator, **({"expected": row.extra["expected"]} if "expected" in row.extra else {}))
         return {**graded, "json_found": True, "json_error": None}
+
+    def known_attempts(self, row: TaskRow) -> tuple[str, str]:
+        """For `gym env test`: the `expected` document (else the row's `reference`), and it missing its last part."""
+        if "expected" in row.extra:
+            document = row.extra["expected"]
+        else:
+            document = json.loads(reference_answer(row))
+        return f"```json\n{json.dumps(document)}\n```", f"```json\n{json.dumps(_near_miss(document))}\n```"
+
+
+def _near_miss(document: Any) -> Any:
+    """The document without its last field (or item): a plausible, incomplete answer."""
+    if isinstance(document, dict):
+        return dict(list(document.items())[:-1])
+    if isinstance(document, list):
+        return document[:-1]
+    return None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-from gym_core.protocol import VerifyRequest
-from servers.resources import ResourcesServer, Session, ToolError, final_answer, tool
+from pydantic import BaseModel, ConfigDict
+
+from gym_core.protocol import TaskRow, VerifyRequest
+from servers.resources import Attempt, ResourcesServer, Session, ToolError, final_answer, row_fields, tool
 
 # A fixed table, so rewards are reproducible: city -> (temperature in °C, condition).
 WEATHER: dict[str, tuple[int, str]] = {
@@ -18,6 +20,15 @@ WEATHER: dict[str, tuple[int, str]] = {
     "Cairo": (35, "clear"),
     "Lima": (19, "foggy"),
 }
+
+
+class WeatherRow(BaseModel):
+    """The fields a weather task row carries besides the conversation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    expected_condition: str
+    expected_temperature_c: int
 
 
 class Weather(ResourcesServer):
@@ -39,13 +50,23 @@ class Weather(ResourcesServer):
 
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """Reward 1 when the final answer names the expected condition and temperature, else 0."""
+        expected = row_fields(WeatherRow, row)
         answer = final_answer(row.response).lower()
-        condition_ok = row.extra["expected_condition"].lower() in answer
-        numbers = {int(n) for n in re.findall(r"-?\d+", answer)}
-        temperature_ok = int(row.extra["expected_temperature_c"]) in numbers
+        condition_ok = expected.expected_condition.lower() in answer
+        # Longer digit runs cannot be a temperature (and int() refuses past 4,300 digits).
+        numbers = {int(n) for n in re.findall(r"-?\d+", answer) if len(n) <= 12}
+        temperature_ok = expected.expected_temperature_c in numbers
         return {
             "reward": float(condition_ok and temperature_ok),
             "condition_correct": condition_ok,
             "temperature_correct": temperature_ok,
             "used_tool": bool(session.state.get("looked_up")),
         }
+
+    def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
+        """For `gym env test`: look the city up and report it; report a neighbouring temperature instead."""
+        city, condition = row.extra["city"], row.extra["expected_condition"]
+        temperature = row.extra["expected_temperature_c"]
+        lookup = (("get_weather", {"city": city}),)
+        return (Attempt(f"It is {temperature} °C and {condition} in {city}.", lookup),
+                Attempt(f"It is {temperature + 1} °C and {condition} in {city}.", lookup))

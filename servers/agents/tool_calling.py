@@ -5,6 +5,8 @@
 append the outputs — until the model answers without tool calls or `max_steps` model calls were made, then
 `/verify` and return the verify response, whose `response.output` is the whole episode with the policy's
 token fields still on the model items. `POST /v1/responses` runs the same loop without seeding or verifying.
+An environment with a simulated user may answer the model with a new user message instead of ending the
+episode (servers/agents/user_turns.py).
 
 Each server issues a rollout's session itself (`/seed_session` on the resources server, the first call on the
 policy): the agent keeps the `X-Session-Id` each server returned and sends it back to that server only; cookies a
@@ -31,7 +33,16 @@ from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.client import ServerNotRegistered, get_client
 from gym_core.limits import truncate_echo
-from gym_core.protocol import MODEL_VERSION_HEADER, ResponseCreateParams, ResponseUsage, TaskRow, dumps, loads
+from gym_core.protocol import (
+    MODEL_VERSION_HEADER,
+    ErrorBody,
+    ErrorDetail,
+    ResponseCreateParams,
+    ResponseUsage,
+    TaskRow,
+    dumps,
+    loads,
+)
 from gym_core.server import (
     SESSION_HEADER,
     GymServer,
@@ -40,9 +51,13 @@ from gym_core.server import (
     describe_validation_error,
     error_response,
 )
+from servers.agents.user_turns import UserTurns
 
 # Statuses of a tool call that are the model's doing; their error body is shown to the model.
 MODEL_VISIBLE_STATUSES = frozenset({400, 404, 413, 422})
+# Statuses with which a server refuses what the task row put in a request (seed, verify, the first model call):
+# the row's fault, answered 422 `invalid_row` so the collector records it as such, not as a server failure.
+ROW_FAULT_STATUSES = frozenset({400, 413, 422})
 
 
 class ToolCallingConfig(ServerConfig):
@@ -51,6 +66,7 @@ class ToolCallingConfig(ServerConfig):
     policy: str
     resources: str
     max_steps: int = Field(8, ge=1)  # model calls per episode
+    max_user_turns: int = Field(8, ge=0)  # user messages an environment may add per episode (0: never ask)
     episode_timeout_s: float = Field(600.0, gt=0)  # seed + all steps + verify
 
 
@@ -127,6 +143,10 @@ class ToolCallingAgent(GymServer):
     kind: ClassVar[str] = "agent"
     config_model: ClassVar[type[BaseModel]] = ToolCallingConfig
 
+    def __init__(self, name: str, config: dict[str, Any] | BaseModel | None = None) -> None:
+        super().__init__(name, config)
+        self.user_turns = UserTurns()
+
     def add_routes(self, app: FastAPI) -> None:
         """Register /run, /v1/responses and /aggregate_metrics."""
         app.add_api_route("/run", self._run_route, methods=["POST"])
@@ -146,9 +166,10 @@ class ToolCallingAgent(GymServer):
     async def run(self, row: dict[str, Any], episode: Episode) -> bytes:
         """One whole rollout of a task row; returns the verify response's JSON."""
         resources = self.config.resources
-        await self._call("resources", resources, "/seed_session", row, episode)
+        await self._call("resources", resources, "/seed_session", row, episode, row_fault=True)
         response = await self.loop(row["responses_create_params"], episode)
-        reply = await self._call("resources", resources, "/verify", {**row, "response": response}, episode)
+        reply = await self._call("resources", resources, "/verify", {**row, "response": response}, episode,
+                                 row_fault=True)
         verified = _json_object(reply, "resources", resources, "/verify")
         if not isinstance(verified.get("reward"), (int, float)):
             raise EpisodeError(502, "resources_error", f"resources server {resources!r} /verify returned no "
@@ -165,9 +186,11 @@ class ToolCallingAgent(GymServer):
         outputs: list[dict[str, Any]] = []
         usage = ResponseUsage()
         last: dict[str, Any] = {}
-        for _ in range(self.config.max_steps):
+        user_turns = 0
+        for step in range(self.config.max_steps):
+            # The first model call sends only what the row holds: a refusal of it is the row's fault.
             reply = await self._call("policy", self.config.policy, "/v1/responses",
-                                     {**params, "input": history + outputs}, episode)
+                                     {**params, "input": history + outputs}, episode, row_fault=step == 0)
             last = _json_object(reply, "policy", self.config.policy, "/v1/responses")
             produced = last.get("output")
             if not isinstance(produced, list) or not all(isinstance(item, dict) for item in produced):
@@ -182,9 +205,24 @@ class ToolCallingAgent(GymServer):
                 # id and status make it a Responses output item (the SDK's ResponseFunctionToolCallOutputItem).
                 outputs.append({"type": "function_call_output", "id": f"fco_{uuid.uuid4().hex}",
                                 "call_id": call.get("call_id"), "output": output, "status": "completed"})
-            if last.get("incomplete_details") or (not calls and any(i.get("type") == "message" for i in produced)):
+            if last.get("incomplete_details"):
                 break
+            if not calls and any(i.get("type") == "message" for i in produced):
+                turn = None
+                if user_turns < self.config.max_user_turns and step < self.config.max_steps - 1:
+                    turn = await self._user_turn(outputs, episode)
+                if turn is None:
+                    break
+                outputs.append(turn)
+                user_turns += 1
         return {**last, "output": outputs, "usage": usage}
+
+    async def _user_turn(self, outputs: list[dict[str, Any]], episode: Episode) -> dict[str, Any] | None:
+        """The environment's next user message after the model's answer, if it adds user turns."""
+        try:
+            return await self.user_turns.next(self._call, self.config.resources, outputs, episode)
+        except ValueError as exc:
+            raise EpisodeError(502, "resources_error", str(exc)) from None
 
     async def _tool_output(self, call: dict[str, Any], offered: set[str], episode: Episode) -> str:
         """The text the model sees for one function call: the tool's result, or an error it can act on."""
@@ -204,8 +242,9 @@ class ToolCallingAgent(GymServer):
         return reply.content.decode("utf-8", "replace")
 
     async def _call(self, role: str, server: str, path: str, body: Any, episode: Episode,
-                    ok: frozenset[int] = frozenset()) -> httpx.Response:
-        """POST to another server within the episode deadline; failures become `EpisodeError`s."""
+                    ok: frozenset[int] = frozenset(), row_fault: bool = False) -> httpx.Response:
+        """POST to another server within the episode deadline; failures become `EpisodeError`s (with
+        `row_fault`, a refusal in ROW_FAULT_STATUSES is the task row's: 422 `invalid_row`)."""
         remaining = episode.deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
             raise _timeout(self.config.episode_timeout_s, role, path)
@@ -220,15 +259,25 @@ class ToolCallingAgent(GymServer):
         if reply.is_success or reply.status_code in ok:
             episode.keep_session(role, reply)
             return reply
+        error = _error_body(reply)
+        if error is not None and error.error.type == "invalid_session":
+            # The server no longer knows this rollout (it restarted, or the session expired): its state is gone,
+            # so the episode cannot go on; the collector runs the rollout again (rollout/failures.py).
+            raise EpisodeError(502, f"{role}_session_lost", f"{role} server {server!r} lost the rollout's session "
+                                                            f"on {path}: {_error_message(reply)}")
+        if row_fault and reply.status_code in ROW_FAULT_STATUSES:
+            raise EpisodeError(422, "invalid_row", f"{role} server {server!r} refused the task row on {path} "
+                                                   f"({reply.status_code}): {_error_message(reply)}; fix the row "
+                                                   "(retrying it cannot help)")
         raise EpisodeError(502, f"{role}_error", f"{role} server {server!r} answered {reply.status_code} to "
-                                                 f"{path}: {truncate_echo(reply.text, 1000)}")
+                                                 f"{path}: {_error_message(reply)}")
 
     async def _run_route(self, request: Request) -> Response:
         try:
             row = loads(await request.body())
             TaskRow.model_validate(row)  # validate at the edge; the raw row is what travels on
         except (ValidationError, ValueError) as err:
-            return _invalid(err, "/run expects a task row")
+            return _invalid(err, "/run expects a task row", "invalid_row")
         try:
             # A fresh session per rollout: a caller reusing one header or cookie must not merge rollouts.
             return Response(await self.run(row, self.new_episode()), media_type="application/json")
@@ -242,10 +291,15 @@ class ToolCallingAgent(GymServer):
         except (ValidationError, ValueError) as err:
             return _invalid(err, "/v1/responses expects a Responses create body")
         # The caller may have seeded the resources server itself: use the session (or cookies) it got there.
+        caller_session = request.headers.get(SESSION_HEADER) or request.headers.get("cookie")
         episode = self.new_episode(request.headers.get(SESSION_HEADER), request.headers.get("cookie"))
         try:
             return JSONResponse(await self.loop(params, episode))
         except EpisodeError as err:
+            if caller_session and err.error_type == "resources_session_lost":
+                # The session is the caller's, not one this agent started: naming an unknown one is its mistake.
+                return error_response(410, f"{err}; send no session, or the one /seed_session returned",
+                                      "invalid_session")
             return error_response(err.status, str(err), err.error_type)
 
     async def _metrics_route(self, request: Request) -> Response:
@@ -291,7 +345,7 @@ def _stamp_model_version(items: list[dict[str, Any]], version: str | None) -> No
 
 def _model_error(error_type: str, message: str) -> str:
     """An error result in the same shape the resources server uses, so the model sees one format."""
-    return dumps({"error": {"type": error_type, "message": message}}).decode()
+    return dumps(ErrorBody(error=ErrorDetail(type=error_type, message=message))).decode()
 
 
 def _timeout(limit: float, role: str, path: str) -> EpisodeError:
@@ -299,6 +353,20 @@ def _timeout(limit: float, role: str, path: str) -> EpisodeError:
                                                 f"(waiting on the {role} server's {path})")
 
 
-def _invalid(err: Exception, what: str) -> JSONResponse:
+def _error_body(reply: httpx.Response) -> ErrorBody | None:
+    """A server's `{"error": {"type", "message"}}` body, if that is what it sent."""
+    try:
+        return ErrorBody.model_validate_json(reply.content)
+    except ValidationError:
+        return None
+
+
+def _error_message(reply: httpx.Response) -> str:
+    """The message of a server's error body, else the start of its text (never the whole of either)."""
+    body = _error_body(reply)
+    return truncate_echo(body.error.message if body else reply.text, 1000)
+
+
+def _invalid(err: Exception, what: str, error_type: str | None = None) -> JSONResponse:
     detail = describe_validation_error(err) if isinstance(err, ValidationError) else f"body is not JSON ({err})"
-    return error_response(422, f"{what}: {detail}")
+    return error_response(422, f"{what}: {detail}", error_type)

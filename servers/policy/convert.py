@@ -10,6 +10,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pydantic import ValidationError
+
 from gym_core.protocol import (
     TOKEN_FIELDS,
     ChatCompletionRequest,
@@ -33,6 +35,7 @@ from gym_core.protocol import (
     dumps,
     loads,
 )
+from gym_core.server import describe_validation_error
 
 # Keys of a Responses create body that are handled here rather than passed through to the engine.
 _HANDLED = {"input", "instructions", "tools", "tool_choice", "max_output_tokens", "metadata", "stream",
@@ -68,9 +71,9 @@ def responses_to_chat(params: ResponseCreateParams) -> ChatCompletionRequest:
     # NeMo Gym convention: metadata values are strings; extra_body / chat_template_kwargs hold JSON objects.
     metadata = params.metadata or {}
     if "extra_body" in metadata:
-        extra.update(loads(metadata["extra_body"]))
+        extra.update(_metadata_object(metadata, "extra_body"))
     if "chat_template_kwargs" in metadata:
-        extra["chat_template_kwargs"] = loads(metadata["chat_template_kwargs"])
+        extra["chat_template_kwargs"] = _metadata_object(metadata, "chat_template_kwargs")
     fields = {
         "model": params.model,
         "tools": [_chat_tool(t) for t in params.tools] or None,
@@ -81,7 +84,26 @@ def responses_to_chat(params: ResponseCreateParams) -> ChatCompletionRequest:
         "parallel_tool_calls": params.parallel_tool_calls,
     }
     # Unset stays unset, so an upstream applies its own defaults instead of receiving nulls.
-    return ChatCompletionRequest(messages=messages, **{k: v for k, v in fields.items() if v is not None}, **extra)
+    fields = {k: v for k, v in fields.items() if v is not None}
+    clash = sorted(({"messages"} | fields.keys()) & extra.keys())
+    if clash:
+        raise ConversionError(f"{', '.join(clash)} may not be set by metadata.extra_body or an extra key: the "
+                              "Responses body's own fields (input, tools, temperature, ...) set them")
+    try:
+        return ChatCompletionRequest(messages=messages, **fields, **extra)
+    except ValidationError as exc:
+        raise ConversionError(f"metadata.extra_body: {describe_validation_error(exc)}") from None
+
+
+def _metadata_object(metadata: dict[str, str], key: str) -> dict[str, Any]:
+    """A metadata value that must hold a JSON object (NeMo Gym's convention); anything else is a 422."""
+    try:
+        value = loads(metadata[key])
+    except ValueError as exc:
+        raise ConversionError(f"metadata.{key} must be a JSON object as a string; it is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ConversionError(f"metadata.{key} must be a JSON object as a string, not a JSON {type(value).__name__}")
+    return value
 
 
 def _chat_options(given: dict[str, Any]) -> dict[str, Any]:

@@ -65,7 +65,9 @@ def gym_up(workdir: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     (["status"], "--registry"),
     (["down"], "--timeout"),
     (["rollout"], "--num-repeats"),
-    (["env", "test"], "environments/NAME"),
+    (["env", "test"], "conformance check"),
+    (["env", "new"], "--root"),
+    (["env", "list"], "reward range"),
 ])
 def test_help_everywhere(argv: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
@@ -84,7 +86,8 @@ def test_up_status_down(gym_up: tuple[subprocess.Popen, str], capsys: pytest.Cap
     assert gym(["status", "--registry", registry]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("alpha", "beta"))]
-    assert sorted((r[0], r[1], r[4]) for r in rows) == [("alpha", "resources", "ok"), ("beta", "resources", "ok")]
+    assert sorted((r[0], r[1], r[4], r[5]) for r in rows) == [("alpha", "resources", "ok", "0"),
+                                                               ("beta", "resources", "ok", "0")]
     pids = [int(r[3]) for r in rows]
     assert gym(["down", "--registry", registry]) == 0
     assert process.wait(timeout=30) == 0

@@ -72,7 +72,8 @@ def test_launch_serves_registers_and_stops_everything(doubles: Path, capsys: pyt
         listed = httpx.get(f"{registry}/servers").json()
         assert sorted(s["name"] for s in listed) == ["one", "two"]
         one = httpx.get(f"{registry}/servers/one").json()
-        assert one == {"name": "one", "kind": "resources", "url": stack.url("one"), "pid": stack.servers["one"].pid}
+        assert one == {"name": "one", "kind": "resources", "url": stack.url("one"), "pid": stack.servers["one"].pid,
+                       "restarts": 0}
         assert httpx.get(f"{registry}/servers/nope").status_code == 404
         seen = httpx.get(f"{stack.url('one')}/config").json()
         assert (seen["greeting"], seen["level"]) == ("hello", 3)  # extra fields reach the server
@@ -115,7 +116,7 @@ def test_start_timeout_stops_everything(doubles: Path) -> None:
 
 
 def test_wait_shutdown_request_and_exception_stop_everything(doubles: Path) -> None:
-    config = load_config({"servers": {"stubborn": echo(ignore_sigterm=True), "b": echo()}})
+    config = load_config({"servers": {"stubborn": echo(ignore_sigterm=True), "b": echo(restart={"when": "never"})}})
     with pytest.raises(RuntimeError, match="user code failed"):
         with launch(config, stop_grace=0.5, echo_logs=False) as stack:
             os.kill(stack.servers["b"].pid, signal.SIGKILL)

@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from environments.calendar.app import Calendar
-from environments.calendar.generate import _time, free_slots, make_row, tools
-from environments.calendar.schedule import conflicts, in_working_hours
+from environments.calendar.generate import make_row, tools
+from environments.calendar.schedule import conflicts, free_slots, hhmm, in_working_hours
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow
 from tests.environments.adversarial import assert_tools_survive, assert_verify_survives
@@ -37,8 +37,8 @@ def book(client, row: dict, start: int | None = None, **changes) -> dict:
     goal = booking(row)
     slot = free_slots(row["calendar"], goal["day"], goal["attendees"], goal["duration_minutes"])[0] \
         if start is None else start
-    args = {"title": goal["title"], "day": goal["day"], "start": _time(slot),
-            "end": _time(slot + goal["duration_minutes"]), "attendees": goal["attendees"]}
+    args = {"title": goal["title"], "day": goal["day"], "start": hhmm(slot),
+            "end": hhmm(slot + goal["duration_minutes"]), "attendees": goal["attendees"]}
     return client.post("/create_event", json={**args, **changes}).json()
 
 
@@ -53,8 +53,8 @@ def solve(client, row: dict) -> None:
             event = next(e for e in row["calendar"] if e["id"] == goal["event_id"])
             others = [e for e in row["calendar"] + [booked] if e["id"] != event["id"]]
             slot = free_slots(others, goal["day"], event["attendees"], goal["duration_minutes"])[0]
-            client.post("/move_event", json={"event_id": event["id"], "day": goal["day"], "start": _time(slot),
-                                              "end": _time(slot + goal["duration_minutes"])})
+            client.post("/move_event", json={"event_id": event["id"], "day": goal["day"], "start": hhmm(slot),
+                                              "end": hhmm(slot + goal["duration_minutes"])})
 
 
 def busy_row() -> tuple[dict, dict]:
@@ -111,7 +111,7 @@ def test_wrong_length_double_booking_and_collateral_damage(client):
     goal = booking(row)
     client.post("/seed_session", json=row)
     slot = free_slots(row["calendar"], goal["day"], goal["attendees"], goal["duration_minutes"])[0]
-    book(client, row, end=_time(slot + goal["duration_minutes"] + 30))   # 30 minutes too long
+    book(client, row, end=hhmm(slot + goal["duration_minutes"] + 30))   # 30 minutes too long
     assert verify(client, row)["goals_met"] == 0.0
 
     client.post("/seed_session", json=row)

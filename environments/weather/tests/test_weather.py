@@ -68,3 +68,18 @@ def test_example_rows_are_valid_and_consistent():
         temperature, condition = WEATHER[row["city"]]
         assert (row["expected_temperature_c"], row["expected_condition"]) == (temperature, condition)
         assert row["city"] in task.responses_create_params.items[-1].text
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"expected_condition": None}, "expected_condition: Field required"),
+    ({"expected_temperature_c": None}, "expected_temperature_c: Field required"),
+    ({"expected_condition": 5}, "expected_condition: Input should be a valid string"),
+    ({"expected_temperature_c": "warm"}, "expected_temperature_c: Input should be a valid integer"),
+    ({"expected_temperature_c": [18]}, "expected_temperature_c: Input should be a valid integer"),
+])
+def test_a_row_missing_or_mistyping_its_fields_is_a_422_naming_them(client, fields, named):
+    row = {k: v for k, v in {**ROWS[0], **fields}.items() if v is not None}
+    reply = client.post("/verify", json={**row, "response": answer("18 sunny")})
+    assert reply.status_code == 422, reply.text
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_row" and named in error["message"]

@@ -14,6 +14,7 @@ then, whitespace-separated words otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from typing import Any
@@ -30,11 +31,14 @@ from gym_core.protocol import (
     dumps,
     loads,
 )
-from servers.policy.engines.base import Engine, EngineConfig
+from servers.policy.engines.base import Engine, EngineConfig, EngineError
 
 _PHRASE = re.compile(r"[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)*")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _WORD = re.compile(r"[a-z0-9]+")
+# Conversations longer than this are answered in a worker thread: the rules are linear, but a few MB of text
+# still take long enough to delay every other request on the loop (/health included).
+OFF_LOOP_CHARS = 64 * 1024
 
 
 class ScriptedConfig(EngineConfig):
@@ -50,7 +54,12 @@ class ScriptedEngine(Engine):
     config_model = ScriptedConfig
 
     async def chat(self, request: ChatCompletionRequest, *, session_id: str | None = None) -> ChatCompletionResponse:
-        """Apply the rules to the conversation and return one completion."""
+        """Apply the rules to the conversation and return one completion (a long one off the event loop)."""
+        if sum(len(_text(m.content)) for m in request.messages) > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(self._complete, request)
+        return self._complete(request)
+
+    def _complete(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
         message = scripted_reply(request)
         if self.config.token_ids:
             prompt = _render_prompt(request).encode()
@@ -114,31 +123,65 @@ def _pick_tool(functions: list[ChatFunction], user_text: str) -> ChatFunction:
 
 def _arguments(fn: ChatFunction, user_text: str) -> dict[str, Any]:
     """Arguments for `fn` read off the user's text, one per schema property it can fill."""
-    properties = (fn.parameters or {}).get("properties", {})
+    properties = _properties(fn)
     phrases = _names(user_text)
     numbers = _NUMBER.findall(user_text)
+    lowered = user_text.lower()
     args: dict[str, Any] = {}
     for name, schema in properties.items():
         kind = schema.get("type")
         if "enum" in schema:
-            args[name] = next((v for v in schema["enum"] if str(v).lower() in user_text.lower()), schema["enum"][0])
+            args[name] = next((v for v in schema["enum"] if str(v).lower() in lowered), schema["enum"][0])
         elif kind == "string" and phrases:
             args[name] = phrases[-1]
         elif kind in ("integer", "number") and numbers:
             args[name] = int(float(numbers[0])) if kind == "integer" else float(numbers[0])
         elif kind == "boolean":
-            args[name] = "not" not in user_text.lower().split()
+            args[name] = "not" not in lowered.split()
         elif "default" in schema:
             args[name] = schema["default"]
     return args
 
 
+def _properties(fn: ChatFunction) -> dict[str, dict[str, Any]]:
+    """The tool's parameter schemas by name; a schema it cannot read is the request's fault (422, field named)."""
+    where = f"tools[function={fn.name!r}].parameters"
+    properties = (fn.parameters or {}).get("properties", {})
+    if not isinstance(properties, dict):
+        raise EngineError(f"{where}.properties must be an object mapping names to schemas", 422, "invalid_request")
+    for name, schema in properties.items():
+        if not isinstance(schema, dict):
+            raise EngineError(f"{where}.properties.{name} must be a JSON-schema object, not "
+                              f"{type(schema).__name__}", 422, "invalid_request")
+        enum = schema.get("enum")
+        if "enum" in schema and not (isinstance(enum, list) and enum):
+            raise EngineError(f"{where}.properties.{name}.enum must be a non-empty list of values", 422,
+                              "invalid_request")
+    return properties
+
+
+# Words after which a capitalized phrase is most likely the name asked about ("weather in Paris").
+_PREPOSITION = re.compile(r"\b(?:in|for|at|of|about)\Z")
+
+
 def _names(text: str) -> list[str]:
-    """Capitalized phrases that look like names, best last: those after "in/for/at/of/about" win."""
-    # A capitalized word that starts a sentence is grammar, not a name: skip those.
-    found = [m for m in _PHRASE.finditer(text) if m.start() > 0 and not re.search(r"[.?!]\s*$", text[:m.start()])]
-    after_preposition = [m for m in found if re.search(r"\b(in|for|at|of|about)\s+$", text[:m.start()])]
-    return [m.group() for m in found if m not in after_preposition] + [m.group() for m in after_preposition]
+    """Capitalized phrases that look like names, best last: those after "in/for/at/of/about" win.
+
+    Linear in the text: each phrase looks back only over the whitespace before it (runs no two phrases
+    share) and a few characters more, never at the whole prefix.
+    """
+    plain: list[str] = []
+    after_preposition: list[str] = []
+    for match in _PHRASE.finditer(text):
+        start = word_end = match.start()
+        while word_end > 0 and text[word_end - 1].isspace():
+            word_end -= 1
+        # A capitalized word that starts a sentence is grammar, not a name: skip those.
+        if start == 0 or (word_end > 0 and text[word_end - 1] in ".?!"):
+            continue
+        preceded = word_end < start and _PREPOSITION.search(text, max(0, word_end - 6), word_end)
+        (after_preposition if preceded else plain).append(match.group())
+    return plain + after_preposition
 
 
 def _describe(output: str) -> str:
