@@ -30,10 +30,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import httpx
 
@@ -180,7 +180,7 @@ def launch(
         for name, spec in resolved.servers.items():
             processes[name] = _start(name, spec, service.registry, env, echo_logs, width)
         blocks = [spec.block() for spec in resolved.servers.values()]
-        _wait_until_healthy(processes, service.registry, max(start_timeout, external.start_timeout(blocks)))
+        wait_until_healthy(processes, service.registry, max(start_timeout, external.start_timeout(blocks)))
         stack = Stack(resolved, service.url, processes, stop, auth, token_file)
 
         def respawn(server: ServerProcess) -> None:
@@ -257,26 +257,33 @@ def _read_log(stream: IO[str], tail: collections.deque, prefix: str | None) -> N
                     sys.stderr.flush()
 
 
-def _wait_until_healthy(processes: dict[str, ServerProcess], registry: Registry, timeout: float) -> None:
-    """Return once every server registered and answers GET /health; LaunchError if one dies or hangs."""
+def wait_until_healthy(servers: Mapping[str, Any], registry: Registry, timeout: float, *,
+                       error: type[LaunchError] = LaunchError, poll_s: float = 0.05) -> None:
+    """Return once every server registered and answers its health path; `error` if one dies or hangs.
+
+    `servers` hold a `process` with `poll()` and a `tail()` (local processes and Ray-placed ones alike); a server's
+    `health_path` (default /health) and its process's `host` (where it runs, if not here) are used when present.
+    """
     deadline = time.monotonic() + timeout
-    pending = dict(processes)
+    pending = dict(servers)
     with httpx.Client(timeout=2.0, headers=registry.auth.headers(), trust_env=False) as http:
         while pending:
             for name, server in list(pending.items()):
                 code = server.process.poll()
                 if code is not None:
-                    raise LaunchError(f"server '{name}' exited with code {code} while starting; "
-                                      f"its last log lines:\n{server.tail()}")
+                    host = getattr(server.process, "host", None)
+                    where = f" on {host}" if host else ""
+                    raise error(f"server '{name}' exited with code {code} while starting{where}; "
+                                f"its last log lines:\n{server.tail()}")
                 info = registry.get(name)
-                if info is not None and _healthy(http, info.url + server.health_path):
+                if info is not None and _healthy(http, info.url + getattr(server, "health_path", "/health")):
                     server.url = info.url
                     del pending[name]
             if pending and time.monotonic() > deadline:
                 details = "\n".join(f"  {name}:\n{s.tail(10)}" for name, s in pending.items())
-                raise LaunchError(f"timed out after {timeout:.0f}s waiting for {', '.join(pending)} to register "
-                                  f"and pass GET /health; last log lines:\n{details}")
-            time.sleep(0.05)
+                raise error(f"timed out after {timeout:.0f}s waiting for {', '.join(pending)} to register "
+                            f"and pass GET /health; last log lines:\n{details}")
+            time.sleep(poll_s)
 
 
 def _healthy(http: httpx.Client, url: str) -> bool:

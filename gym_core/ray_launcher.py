@@ -32,18 +32,16 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gym_core.auth import AUTH_TOKEN_FILE_ENV, StackAuth, remove_token, write_token
 from gym_core.client import REGISTRY_URL_ENV
 from gym_core.config import ConfigError, GymConfig
-from gym_core.launcher import LaunchError, Stack, stack_token
+from gym_core.launcher import LaunchError, Stack, stack_token, wait_until_healthy
 from gym_core.registry import Registry, RegistryService
 from gym_core.serve import BIND_HOST_ENV
 from gym_core.server import describe_validation_error
@@ -226,7 +224,7 @@ def launch_on_ray(config: GymConfig, settings: LauncherSettings, *, registry_por
             token_file = write_token(url, auth.token or "")
             try:
                 servers = start_servers(config, url, start_timeout, auth.token or "")
-                wait_until_registered(servers, registry, start_timeout)
+                wait_until_healthy(servers, registry, start_timeout, error=RayLaunchError, poll_s=0.1)
                 yield Stack(config, url, servers, stop, auth, token_file)  # type: ignore[arg-type]  # same surface
             finally:
                 stop_servers(list(servers.values()), stop_grace)
@@ -302,35 +300,6 @@ def start_servers(config: GymConfig, registry_url: str, timeout: float, token: s
         kind, _, actor = actors[name]
         started[name] = PlacedServer(name, kind, RemoteProcess(actor, info["pid"], info["host"]))
     return started
-
-
-def wait_until_registered(servers: dict[str, PlacedServer], registry: Registry, timeout: float) -> None:
-    """Return once every server registered and answers GET /health; RayLaunchError if one exits or hangs."""
-    deadline = time.monotonic() + timeout
-    pending = dict(servers)
-    with httpx.Client(timeout=2.0, trust_env=False) as http:
-        while pending:
-            for name, server in list(pending.items()):
-                code = server.process.poll()
-                if code is not None:
-                    raise RayLaunchError(f"server '{name}' exited with code {code} while starting on "
-                                         f"{server.process.host}; its last log lines:\n{server.tail()}")
-                info = registry.get(name)
-                if info is not None and _healthy(http, info.url):
-                    server.url = info.url
-                    del pending[name]
-            if pending and time.monotonic() > deadline:
-                details = "\n".join(f"  {name}:\n{s.tail(10)}" for name, s in pending.items())
-                raise RayLaunchError(f"timed out after {timeout:.0f}s waiting for {', '.join(pending)} to register "
-                                     f"and pass GET /health; last log lines:\n{details}")
-            time.sleep(0.1)
-
-
-def _healthy(http: httpx.Client, url: str) -> bool:
-    try:
-        return http.get(f"{url}/health").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def stop_servers(servers: list[PlacedServer], grace: float) -> None:
