@@ -61,7 +61,21 @@ def load_trl_model(checkpoint: str | Path, dtype: Any = None) -> tuple[Any, Any]
     directory = str(resolve(checkpoint))
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype or torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(directory, padding_side="left")
-    return model, tokenizer
+    return unclamp_mamba_dt(model), tokenizer
+
+
+def unclamp_mamba_dt(model: Any) -> Any:
+    """Make transformers' NemotronH compute what the policy server computes; returns the model.
+
+    transformers clamps each Mamba layer's time step to `time_step_min` (0.001) in its chunked forward, the path
+    training takes, while our engine, vLLM and NVIDIA's remote code do not clamp. Left as loaded, the trainer's
+    log-probs differ from the server's by up to a few 1e-2 nats on about one generated token in ten (wherever a
+    head's step falls below 0.001), so the importance ratios of on-policy samples are not 1.
+    """
+    for module in model.modules():
+        if hasattr(module, "time_step_limit"):
+            module.time_step_limit = (0.0, float("inf"))
+    return model
 
 
 def task_dataset(rows: Sequence[dict[str, Any]]) -> Any:
