@@ -11,16 +11,11 @@ import pytest
 from gym_core.protocol import ChatCompletionRequest, ChatCompletionResponse
 from servers.policy.engines.base import Engine, EngineError
 from servers.policy.server import PolicyServer
+from tests.servers.weather_tool import CHAT_TOOL, RESPONSES_TOOL
 
 openai = pytest.importorskip("openai")
 
 WEATHER = [{"role": "user", "content": "What's the weather in New York today?"}]
-CHAT_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.",
-                                              "parameters": {"type": "object", "required": ["city"],
-                                                             "properties": {"city": {"type": "string"}}}}}
-RESPONSES_TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a city.", "strict": True,
-                  "parameters": {"type": "object", "required": ["city"], "additionalProperties": False,
-                                 "properties": {"city": {"type": "string"}}}}
 
 
 async def client_for(serve, config: dict[str, Any]) -> Any:

@@ -28,14 +28,10 @@ from openai.types.responses import Response as SdkResponse
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from stub_upstream import start_stub
 
+from tests.servers.weather_tool import CHAT_TOOL, RESPONSES_TOOL
+
 HELLO = [{"role": "user", "content": "Say hello to Ada"}]
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
-CHAT_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city.",
-                                              "parameters": {"type": "object", "required": ["city"],
-                                                             "properties": {"city": {"type": "string"}}}}}
-RESPONSES_TOOL = {"type": "function", "name": "get_weather", "description": "Weather of a city.", "strict": True,
-                  "parameters": {"type": "object", "required": ["city"], "additionalProperties": False,
-                                 "properties": {"city": {"type": "string"}}}}
 TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 
 
