@@ -73,6 +73,11 @@ class ServerProcess:
         """The server's process id (also its process group id)."""
         return self.process.pid
 
+    def kill(self) -> None:
+        """SIGKILL the server's process group (the server and what it started)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+
     def tail(self, lines: int = 20) -> str:
         """The last log lines, indented, for error messages."""
         if self.reader is not None:

@@ -14,7 +14,8 @@ actor (`ServerHost`) starts `python -m gym_core.serve` there, bound to that node
 registers its URL with the registry, which runs in the launching process on the driver's address (and on
 127.0.0.1, so `gym status` / `gym down` work as they do locally). Stopping the stack stops each process (SIGTERM,
 then SIGKILL after the grace period) and kills its actor; an actor that dies takes its server with it (the
-server exits when its parent does).
+server exits when its parent does). A server that exits (or whose actor dies) is restarted per its `restart:`
+policy by the same supervisor as local servers (gym_core/supervisor.py): a new actor, placed as the first was.
 
 A server reachable beyond loopback must require the stack's auth token: each block placed on Ray is handed
 `auth: required` (`placed_block`), which the servers' edge enforces; the token itself reaches the process
@@ -45,6 +46,7 @@ from gym_core.launcher import LaunchError, Stack, stack_token, wait_until_health
 from gym_core.registry import Registry, RegistryService
 from gym_core.serve import BIND_HOST_ENV
 from gym_core.server import describe_validation_error
+from gym_core.supervisor import Supervisor
 
 PLACEMENT_KEYS = ("num_cpus", "num_gpus", "node_labels", "resources")
 FORWARDED_ENV = ("PYTHONPATH", "GYM_LOG_LEVEL")  # what the launching shell sets that a placed server needs too
@@ -87,10 +89,12 @@ class Placement(BaseModel):
     node_labels: dict[str, str] = Field(default_factory=dict)
     resources: dict[str, float] = Field(default_factory=dict)
 
-    def actor_options(self, name: str) -> dict[str, Any]:
-        """Options for `ServerHost.options(...)`."""
-        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
-                                   "name": f"gym-server-{name}-{os.getpid()}", "max_restarts": 0}
+    def actor_options(self, name: str, incarnation: int = 0) -> dict[str, Any]:
+        """Options for `ServerHost.options(...)`; `incarnation` counts the server's restarts (actor names are unique)."""
+        actor = f"gym-server-{name}-{os.getpid()}" + (f"-{incarnation}" if incarnation else "")
+        # Ray itself never restarts the actor: the supervisor does, so the restart policy and count stay in one place.
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "name": actor,
+                                   "max_restarts": 0}
         if self.node_labels:
             options["label_selector"] = self.node_labels
         if self.resources:
@@ -189,11 +193,22 @@ class PlacedServer:
     kind: str
     process: RemoteProcess
     url: str | None = None
+    restarts: int = 0  # processes started after the first (the supervisor's doing)
+    health_path: str = "/health"
 
     @property
     def pid(self) -> int:
         """The server's process id on its node."""
         return self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group through its actor, then end the actor (it may be gone already)."""
+        import ray
+
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(self.process.actor.stop.remote(0), timeout=10)
+        with contextlib.suppress(ray.exceptions.RayError, ValueError):
+            ray.kill(self.process.actor)
 
     def tail(self, lines: int = 20) -> str:
         """The server's last log lines, indented, for error messages."""
@@ -222,11 +237,24 @@ def launch_on_ray(config: GymConfig, settings: LauncherSettings, *, registry_por
     try:
         with serve_registry(registry, registry_port) as url:
             token_file = write_token(url, auth.token or "")
+            supervisor: Supervisor | None = None
             try:
                 servers = start_servers(config, url, start_timeout, auth.token or "")
                 wait_until_healthy(servers, registry, start_timeout, error=RayLaunchError, poll_s=0.1)
-                yield Stack(config, url, servers, stop, auth, token_file)  # type: ignore[arg-type]  # same surface
+                stack = Stack(config, url, servers, stop, auth, token_file)  # type: ignore[arg-type]  # same surface
+
+                def respawn(server: PlacedServer) -> None:
+                    server.process = _start_host(config, server.name, url, auth.token or "", start_timeout,
+                                                 incarnation=server.restarts + 1)
+
+                policies = {name: spec.restart for name, spec in config.servers.items()}
+                supervisor = Supervisor(servers, policies, registry, respawn, stack.give_up,  # type: ignore[arg-type]
+                                        start_timeout)
+                supervisor.start()
+                yield stack
             finally:
+                if supervisor is not None:
+                    supervisor.stop()  # first, so nothing is restarted while the stack stops
                 stop_servers(list(servers.values()), stop_grace)
                 remove_token(token_file)
     finally:
@@ -273,33 +301,58 @@ def start_servers(config: GymConfig, registry_url: str, timeout: float, token: s
     """Create one actor per server and start each server process; RayLaunchError when one cannot be placed."""
     import ray
 
-    host_class = ray.remote(ServerHost)
-    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-    actors = {}
-    for name, spec in config.servers.items():
-        block = spec.block()
-        try:
-            placement = Placement.model_validate(block)
-        except ValidationError as exc:
-            raise ConfigError(f"servers.{name}: {describe_validation_error(exc)}") from None
-        actors[name] = (spec.kind, placement, host_class.options(**placement.actor_options(name)).remote(
-            name, placed_block(block), registry_url, env, {"token": token}))
-    started: dict[str, PlacedServer] = {}
-    refs = {name: actor.start.remote() for name, (_, _, actor) in actors.items()}
-    ready, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    actors = {name: _new_host(config, name, registry_url, token) for name in config.servers}
+    refs = {name: actor.start.remote() for name, (_, actor) in actors.items()}
+    _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
     if pending:
-        stuck = [name for name, ref in refs.items() if ref in pending]
-        asks = "; ".join(f"{n}: {actors[n][1].actor_options(n)}" for n in stuck)
-        free = ray.available_resources()
-        for _, _, actor in actors.values():
+        for _, actor in actors.values():
             ray.kill(actor)
-        raise RayLaunchError(f"Ray could not place {', '.join(stuck)} within {timeout:.0f}s (asked {asks}; the "
-                             f"cluster has free {free}); lower num_cpus/num_gpus or fix node_labels")
+        stuck = [name for name, ref in refs.items() if ref in pending]
+        raise _unplaced(stuck, {name: actors[name][0] for name in stuck}, timeout)
+    started: dict[str, PlacedServer] = {}
     for name, ref in refs.items():
         info = ray.get(ref)
-        kind, _, actor = actors[name]
-        started[name] = PlacedServer(name, kind, RemoteProcess(actor, info["pid"], info["host"]))
+        actor = actors[name][1]
+        started[name] = PlacedServer(name, config.servers[name].kind, RemoteProcess(actor, info["pid"], info["host"]))
     return started
+
+
+def _new_host(config: GymConfig, name: str, registry_url: str, token: str,
+              incarnation: int = 0) -> tuple[dict[str, Any], Any]:
+    """The actor options server `name` asks for, and a new `ServerHost` actor created with them (not started)."""
+    import ray
+
+    block = config.servers[name].block()
+    try:
+        placement = Placement.model_validate(block)
+    except ValidationError as exc:
+        raise ConfigError(f"servers.{name}: {describe_validation_error(exc)}") from None
+    options = placement.actor_options(name, incarnation)
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    return options, ray.remote(ServerHost).options(**options).remote(name, placed_block(block), registry_url, env,
+                                                                     {"token": token})
+
+
+def _start_host(config: GymConfig, name: str, registry_url: str, token: str, timeout: float,
+                incarnation: int) -> RemoteProcess:
+    """A new actor for server `name` with its process started (a restart); RayLaunchError when it cannot be placed."""
+    import ray
+
+    options, actor = _new_host(config, name, registry_url, token, incarnation)
+    try:
+        info = ray.get(actor.start.remote(), timeout=timeout)
+    except ray.exceptions.GetTimeoutError:
+        ray.kill(actor)
+        raise _unplaced([name], {name: options}, timeout) from None
+    return RemoteProcess(actor, info["pid"], info["host"])
+
+
+def _unplaced(names: list[str], asked: dict[str, dict[str, Any]], timeout: float) -> RayLaunchError:
+    import ray
+
+    asks = "; ".join(f"{name}: {asked[name]}" for name in names)
+    return RayLaunchError(f"Ray could not place {', '.join(names)} within {timeout:.0f}s (asked {asks}; the "
+                          f"cluster has free {ray.available_resources()}); lower num_cpus/num_gpus or fix node_labels")
 
 
 def stop_servers(servers: list[PlacedServer], grace: float) -> None:

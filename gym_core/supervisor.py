@@ -11,32 +11,50 @@ The new process binds a new port and registers it; clients look the name up agai
 URL after a refused connection). More than `max_restarts` exits within `window_s` seconds, an exit the policy
 does not cover, or a restart that does not become healthy in time gives up: the launcher then stops the stack
 as before (`gym up` exits 1 with the server's last log lines). `gym status` shows each server's restarts.
+The same supervisor watches servers the Ray backend placed (gym_core/ray_launcher.py): a server is anything with
+the `Supervised` surface, and the launcher passes how to start a new process for it.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httpx
 
 from gym_core.config import RestartPolicy
 from gym_core.registry import Registry
 
-if TYPE_CHECKING:
-    from gym_core.launcher import ServerProcess
-
 log = logging.getLogger(__name__)
 
 POLL_S = 0.2
+
+
+class _Polled(Protocol):
+    def poll(self) -> int | None: ...
+
+
+class Supervised(Protocol):
+    """A started server as the supervisor sees it (gym_core.launcher.ServerProcess, or a Ray-placed server)."""
+
+    name: str
+    url: str | None
+    restarts: int
+    health_path: str
+
+    @property
+    def process(self) -> _Polled: ...
+
+    @property
+    def pid(self) -> int: ...
+
+    def kill(self) -> None:
+        """SIGKILL the server's process group: what a dead server started must not outlive it."""
 
 
 @dataclass
@@ -52,8 +70,8 @@ class _Watch:
 class Supervisor:
     """Watches the stack's processes from a thread; restarts, or gives up through `on_give_up(server, why)`."""
 
-    def __init__(self, servers: dict[str, ServerProcess], policies: dict[str, RestartPolicy], registry: Registry,
-                 respawn: Callable[[ServerProcess], None], on_give_up: Callable[[ServerProcess, str], None],
+    def __init__(self, servers: dict[str, Supervised], policies: dict[str, RestartPolicy], registry: Registry,
+                 respawn: Callable[[Supervised], None], on_give_up: Callable[[Supervised, str], None],
                  start_timeout: float) -> None:
         self.servers = servers
         self.registry = registry
@@ -82,12 +100,16 @@ class Supervisor:
                         return
                     self._check(server, http)
 
-    def _check(self, server: ServerProcess, http: httpx.Client) -> None:
+    def _check(self, server: Supervised, http: httpx.Client) -> None:
         watch, now = self._watch[server.name], time.monotonic()
         if watch.respawn_at is not None:
             if now >= watch.respawn_at:
                 watch.respawn_at, watch.starting_since = None, now
-                self._respawn(server)
+                try:
+                    self._respawn(server)
+                except Exception as exc:  # noqa: BLE001  # e.g. no room on the cluster now: the stack cannot go on
+                    self._give_up(server, f"could not be restarted: {exc}")
+                    return
                 self.registry.restarted(server.name)
                 server.restarts += 1
             return
@@ -102,12 +124,12 @@ class Supervisor:
                 return
             log.warning("server %r did not register and pass GET /health within %.0f s of its restart; killing it",
                         server.name, self._start_timeout)
-            _kill_group(server.pid)
-            code = server.process.wait()
+            server.kill()
+            code = self._exit_code(server)
         if code is not None:
             self._exited(server, watch, code, now)
 
-    def _came_up(self, server: ServerProcess, http: httpx.Client) -> bool:
+    def _came_up(self, server: Supervised, http: httpx.Client) -> bool:
         info = self.registry.get(server.name)
         if info is None or info.pid != server.pid:
             return False
@@ -119,8 +141,8 @@ class Supervisor:
             server.url = info.url
         return healthy
 
-    def _exited(self, server: ServerProcess, watch: _Watch, code: int, now: float) -> None:
-        _kill_group(server.pid)  # what the dead server started (worker pools) must not outlive it
+    def _exited(self, server: Supervised, watch: _Watch, code: int, now: float) -> None:
+        server.kill()  # what the dead server started (worker pools) must not outlive it
         self.registry.exited(server.name, server.pid)
         watch.starting_since = None
         policy = watch.policy
@@ -140,11 +162,14 @@ class Supervisor:
                     "within %g s)", server.name, server.pid, code, delay, len(watch.exits), policy.max_restarts,
                     policy.window_s)
 
-    def _give_up(self, server: ServerProcess, why: str) -> None:
+    def _give_up(self, server: Supervised, why: str) -> None:
         self._halt.set()
         self._on_give_up(server, why)
 
-
-def _kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+    @staticmethod
+    def _exit_code(server: Supervised) -> int:
+        """The exit code of a process just killed (it may take a moment to be reaped)."""
+        deadline = time.monotonic() + 10
+        while (code := server.process.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return -9 if code is None else code

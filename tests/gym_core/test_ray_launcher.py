@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,3 +120,31 @@ def test_a_server_ray_cannot_place_is_a_clear_error(ray_address: str) -> None:
 
     assert ray.is_initialized()  # a Ray the launcher joined is left running
     assert json.dumps(ray.available_resources())  # and still answers
+
+
+@pytest.mark.timeout(180)
+def test_a_placed_server_that_dies_is_restarted_by_a_new_actor(ray_address: str) -> None:
+    import ray
+
+    config = {"launcher": {"backend": "ray", "address": ray_address},
+              "servers": {"counter": {"kind": "resources", "env": "counter", "num_cpus": 0.5,
+                                      "restart": {"backoff_s": 0.1, "max_backoff_s": 0.2}}}}
+    with launch(load_config(config), echo_logs=False) as stack:
+        auth = stack.auth.headers()
+        first_pid, first_url = stack.servers["counter"].pid, stack.url("counter")
+        os.kill(first_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while not (stack.servers["counter"].restarts == 1 and stack.servers["counter"].url != first_url):
+            assert time.monotonic() < deadline, "the placed server was not restarted"
+            assert stack.failed is None, stack.failure
+            time.sleep(0.1)
+        info = httpx.get(f"{stack.registry_url}/servers/counter", headers=auth).json()
+        assert info["restarts"] == 1 and info["pid"] == stack.servers["counter"].pid != first_pid
+        assert httpx.get(f"{info['url']}/health").status_code == 200
+        actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if "gym-server-counter" in str(a)]
+        assert len(actors) == 1  # the dead server's actor was ended, the new one holds its resources
+        pids = [first_pid, info["pid"]]
+    deadline = time.monotonic() + 30
+    while not all(gone(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert all(gone(pid) for pid in pids)
