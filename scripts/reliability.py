@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # (title, pytest paths): each suite is one section of the document.
 SUITES: list[tuple[str, list[str]]] = [
     ("Faults (real processes: `gym up`, `gym rollout`, signals)",
-     ["tests/faults", "tests/gym_core/test_supervisor.py"]),
+     ["tests/faults", "tests/gym_core/test_supervisor.py",
+      "tests/gym_core/test_ray_launcher.py::test_a_placed_server_that_dies_is_restarted_by_a_new_actor"]),
     ("Bad input (the row's fault: 4xx naming the field, classified invalid_row)",
      ["tests/servers/test_agent_row_faults.py", "tests/servers/test_scripted_robustness.py",
       "environments/weather/tests/test_weather.py::test_a_row_missing_or_mistyping_its_fields_is_a_422_naming_them",
@@ -50,7 +51,8 @@ PREFACE = """\
   `gym_core/server.py` `StallSafeHttpProtocol` re-arms the timer when bytes are pending; a stall past the
   episode deadline ends as a classified `episode_timeout`.
 - **A crash is restarted, and waited for** (finding 6). `gym up` restarts a server that exits, per its
-  `restart:` policy (backoff, limit; `gym status` shows restarts), deregistering the dead one at once;
+  `restart:` policy (backoff, limit; `gym status` shows restarts), deregistering the dead one at once (a server
+  the Ray backend placed comes back in a new actor);
   `gym rollout` holds rollouts while an upstream is unreachable (rollout/backoff.py) and spends no attempts.
 - **Bad data is the row's fault** (finding 7): a 422 naming the field, `invalid_row` in the failures sidecar,
   terminal (not retried on `--resume`).
