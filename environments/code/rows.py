@@ -55,7 +55,7 @@ class UnitTests(BaseModel):
         if not isinstance(data, dict) or "packed" not in data:
             return data
         if not isinstance(data["packed"], str):
-            raise ValueError("`packed` must be base64 text")
+            raise ValueError("`packed` must be base64 text")  # noqa: TRY004 (pydantic reports only ValueErrors)
         decompressor = zlib.decompressobj()
         try:
             raw = decompressor.decompress(base64.b64decode(data["packed"]), MAX_PACKED_BYTES)
@@ -65,7 +65,7 @@ class UnitTests(BaseModel):
         except (ValueError, zlib.error) as err:
             raise ValueError(f"`packed` is not base64(zlib(JSON)): {err}") from None
         if not isinstance(unpacked, dict):
-            raise ValueError("`packed` must hold a JSON object with `inputs` and `outputs`")
+            raise ValueError("`packed` must hold a JSON object with `inputs` and `outputs`")  # noqa: TRY004
         return {**unpacked, "fn_name": data.get("fn_name")}
 
     @model_validator(mode="after")

@@ -19,7 +19,7 @@ def _schema_validator(schema: Any) -> Any:
     from environments.structured_output.grading import schema_validator  # jsonschema is an optional extra
 
     if not isinstance(schema, dict):
-        raise ValueError(f"must be a JSON Schema object, not a {type(schema).__name__}")
+        raise ValueError(f"must be a JSON Schema object, not a {type(schema).__name__}")  # noqa: TRY004 (for pydantic)
     return schema_validator(schema)
 
 

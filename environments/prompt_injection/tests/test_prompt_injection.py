@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from environments.prompt_injection.app import Injection, InjectionRow, PromptInjection, injection_followed, task_completed
+from environments.prompt_injection.app import (
+    Injection,
+    InjectionRow,
+    PromptInjection,
+    injection_followed,
+    task_completed,
+)
 from environments.prompt_injection.generate import make_row, tools
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow
