@@ -188,7 +188,7 @@ async def _check_row_errors(h: Harness, rows: list[dict[str, Any]] | None) -> tu
                              "`row_model` to a pydantic model of those fields, so that a row missing or mistyping "
                              "one is a 422 `invalid_row` naming it, not a crash or a silent reward")
     for number, row in enumerate(rows, 1):
-        problem = _row_problem(model, row)
+        problem = row_problem(model, row)
         assert problem is None, f"row {number}: its row_model refuses an example row: {problem}"
     refused = served = 0
     for number, row in enumerate(rows, 1):
@@ -197,7 +197,7 @@ async def _check_row_errors(h: Harness, rows: list[dict[str, Any]] | None) -> tu
                 continue
             broken = {k: v for k, v in row.items() if k != name}
             label = f"row {number} without `{name}`"
-            if _row_problem(model, broken) is None:  # an optional field: the row is still served
+            if row_problem(model, broken) is None:  # an optional field: the row is still served
                 await _in_context(label, h.play(broken, Attempt()))
                 served += 1
                 continue
@@ -214,8 +214,8 @@ async def _check_row_errors(h: Harness, rows: list[dict[str, Any]] | None) -> tu
                   f"{served} missing an optional one served")
 
 
-def _row_problem(model: type[BaseModel], row: dict[str, Any]) -> str | None:
-    """Why `model` refuses the row's own fields, or None."""
+def row_problem(model: type[BaseModel], row: dict[str, Any]) -> str | None:
+    """Why a row model refuses the row's own fields (all but `responses_create_params`), or None."""
     try:
         model.model_validate({k: v for k, v in row.items() if k != "responses_create_params"})
     except ValidationError as exc:

@@ -19,7 +19,7 @@ from gym_core.datasets import split_rows
 from gym_core.launcher import launch
 from rollout.collect import CollectionSummary, collect, read_rows
 from servers.kit.catalog import load_environment
-from tests.environments.test_row_errors import refuses
+from servers.kit.check import row_problem
 from tests.processes import gone
 
 ROOT = Path(__file__).parents[2]
@@ -59,6 +59,6 @@ def without_a_required_field(env: str, row: dict) -> tuple[str, dict]:
     model = load_environment(env).server_class.row_model
     for field in row:
         broken = {k: v for k, v in row.items() if k != field}
-        if field != "responses_create_params" and refuses(model, broken):
+        if field != "responses_create_params" and row_problem(model, broken) is not None:
             return field, broken
     raise AssertionError(f"{env}: no field of its first example row is required")
