@@ -13,7 +13,7 @@ import uuid
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, model_validator
 
 
 class WireModel(BaseModel):
@@ -223,6 +223,9 @@ class TaskRow(WireModel):
     """One NeMo Gym JSONL task row: `responses_create_params` + environment fields kept verbatim."""
 
     responses_create_params: ResponseCreateParams
+    # The environment fields once validated into its row model (servers/resources.py `row_fields`), so a server
+    # validates them once per request however often its code reads them. Never on the wire.
+    _fields: BaseModel | None = PrivateAttr(default=None)
 
     @property
     def extra(self) -> dict[str, Any]:

@@ -148,8 +148,9 @@ def _routes_hint(request: Request) -> str:
     return f"; its routes: {', '.join(paths[:30])}" if paths else ""
 
 
-def describe_validation_error(exc: RequestValidationError | ValidationError) -> str:
-    """A one-line summary naming each bad field ("a.b: Field required; ..."), without echoing the input."""
+def describe_validation_error(exc: RequestValidationError | ValidationError, whole: str = "body") -> str:
+    """A one-line summary naming each bad field ("a.b: Field required; ..."), without echoing the input; an error
+    about no one field is labelled `whole`."""
     by_field: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors():
         if err.get("type") == "json_invalid":
@@ -160,7 +161,7 @@ def describe_validation_error(exc: RequestValidationError | ValidationError) -> 
             messages.append(message)
     # A union reports every branch; where one branch got deeper, its errors are the ones that say what is wrong.
     paths = [p for p in by_field if not any(q[: len(p)] == p and len(q) > len(p) for q in by_field)]
-    fields = [f"{'.'.join(map(str, p)) or 'body'}: {' or '.join(by_field[p])}" for p in paths]
+    fields = [f"{'.'.join(map(str, p)) or whole}: {' or '.join(by_field[p])}" for p in paths]
     more = f" (and {len(fields) - 8} more)" if len(fields) > 8 else ""
     return "; ".join(fields[:8]) + more
 

@@ -17,7 +17,12 @@ A tool's JSON schema comes from its signature (minus `self` and `session`) and d
 `POST /<name>`. Raise `ToolError` for a result the model should see as an error; a tool that runs past
 `tool_timeout_s` is cut off with such an error too. Optional hooks: `seed` (prepare a session from the task
 row), `compute_metrics` (metrics over a list of rows; without it `/aggregate_metrics` is computed incrementally,
-servers/metrics.py). CPU-heavy verification goes through `run_in_process`. For `gym env test`, an environment
+servers/metrics.py). CPU-heavy verification goes through `run_in_process`.
+
+An environment declares its task row's own fields (the keys besides `responses_create_params`) as a pydantic
+model, `row_model`; /seed_session and /verify validate every row against it before `seed` and `verify` run, so
+a row missing or mistyping a field is a 422 `invalid_row` naming it, and the hooks read the fields typed with
+`row_fields(TheModel, row)` (validated once). `RowError` is for what a schema cannot say. For `gym env test`, an environment
 declares `reward_range` and writes `known_attempts` (a correct and an incorrect attempt at a row).
 """
 
@@ -79,19 +84,24 @@ class ToolError(Exception):
 
 
 class RowError(ValueError):
-    """Raise in `seed` or `verify` when the task row itself is wrong: a 422 `invalid_row` naming the field,
-    which the agent reports as the row's fault (retrying it cannot help), never as a server failure."""
+    """Raise in `seed` or `verify` when the task row itself is wrong in a way `row_model` cannot express: a 422
+    `invalid_row` naming the field, which the agent reports as the row's fault (retrying it cannot help), never
+    as a server failure."""
 
 
 RowFields = typing.TypeVar("RowFields", bound=BaseModel)
 
 
 def row_fields(model: type[RowFields], row: TaskRow) -> RowFields:
-    """The row's environment fields validated into `model`; a missing or mistyped field raises RowError naming it."""
+    """The row's environment fields as `model`: the instance the server validated when `model` is its
+    `row_model`, else validated now; a missing or mistyped field raises RowError naming it."""
+    if isinstance(row._fields, model):
+        return row._fields
     try:
-        return model.model_validate(row.extra)
+        row._fields = model.model_validate(row.extra)
     except ValidationError as err:
-        raise RowError(f"the task row's fields are invalid: {describe_validation_error(err)}") from None
+        raise RowError(f"the task row's fields are invalid: {describe_validation_error(err, 'row')}") from None
+    return row._fields
 
 
 @dataclass(frozen=True)
@@ -285,6 +295,8 @@ class ResourcesServer(GymServer):
     config_model: ClassVar[type[BaseModel]] = ResourcesConfig
     tools: ClassVar[dict[str, ToolSpec]] = {}
     reward_range: ClassVar[tuple[float, float]] = (0.0, 1.0)  # every reward `verify` returns lies in it
+    # The task row's own fields (every key but `responses_create_params`), checked before `seed` and `verify`.
+    row_model: ClassVar[type[BaseModel] | None] = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -411,13 +423,18 @@ class ResourcesServer(GymServer):
         try:
             body = await request.body()
             raw = loads(body) if body else {}
-            # NeMo Gym's base seed request is empty: a body without a conversation still opens a session.
-            if isinstance(raw, dict) and "responses_create_params" not in raw:
+            # NeMo Gym's base seed request is empty: a body without a conversation still opens a session. It is
+            # no task row, so `row_model` does not apply; an environment that seeds from the row's fields still
+            # refuses it when it reads them (`row_fields`).
+            is_task_row = isinstance(raw, dict) and "responses_create_params" in raw
+            if isinstance(raw, dict) and not is_task_row:
                 raw = {**raw, "responses_create_params": {"input": []}}
             row = TaskRow.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/seed_session expects a task row: {_brief(err)}")
         try:
+            if is_task_row:
+                self._check_row(row)
             await self.seed(row, self.sessions.reset(session_id_of(request)))
         except RowError as err:
             return error_response(422, f"/seed_session: {err}", "invalid_row")
@@ -429,8 +446,9 @@ class ResourcesServer(GymServer):
             row = VerifyRequest.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/verify expects a task row plus `response`: {_brief(err)}")
-        session = self.session_for(request)
         try:
+            self._check_row(row)
+            session = self.session_for(request)
             result = await self.verify(row, session)
         except RowError as err:
             return error_response(422, f"/verify: {err}", "invalid_row")
@@ -443,6 +461,11 @@ class ResourcesServer(GymServer):
             self.sessions.pop(session.id)
         # The raw row is echoed back untouched: fields the env does not declare survive the round trip.
         return Response(dumps({**raw, **fields, "reward": float(reward)}), media_type="application/json")
+
+    def _check_row(self, row: TaskRow) -> None:
+        """Validate the row's own fields against `row_model` (kept on the row for `row_fields`); RowError if bad."""
+        if self.row_model is not None:
+            row_fields(self.row_model, row)
 
     def metrics_accumulator(self) -> Accumulator:
         """A fresh accumulator for `/aggregate_metrics`: incremental, unless the environment overrides

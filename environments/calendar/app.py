@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from environments.calendar.schedule import check_day, conflicts, free_slots, grade, hhmm, minutes
 from servers.resources import (
@@ -15,11 +16,79 @@ from servers.resources import (
     TaskRow,
     ToolError,
     VerifyRequest,
+    row_fields,
     tool,
 )
 
 MAX_TITLE_CHARS = 100
 MAX_ATTENDEES = 20
+
+
+def _time(value: str) -> str:
+    minutes(value)  # ValueError unless "HH:MM"
+    return value.strip()
+
+
+class Event(BaseModel):
+    """An event of the row's initial calendar (as the tools show it)."""
+
+    id: str
+    title: str
+    day: Annotated[str, AfterValidator(check_day)]
+    start: Annotated[str, AfterValidator(_time)]
+    end: Annotated[str, AfterValidator(_time)]
+    attendees: list[str]
+
+    @model_validator(mode="after")
+    def _ends_after_it_starts(self) -> Event:
+        if minutes(self.end) <= minutes(self.start):
+            raise ValueError(f"end {self.end!r} must be after start {self.start!r} on the same day")
+        return self
+
+
+class BookGoal(BaseModel):
+    """A meeting that must exist at the end: once, on `day`, with exactly these attendees, this long."""
+
+    type: Literal["event_exists"]
+    title: str
+    day: Annotated[str, AfterValidator(check_day)]
+    attendees: list[str]
+    duration_minutes: int = Field(gt=0)
+
+
+class DeleteGoal(BaseModel):
+    """An event that must be gone at the end."""
+
+    type: Literal["deleted"]
+    event_id: str
+
+
+class MoveGoal(BaseModel):
+    """An event that must be on `day` at the end, as long as it was."""
+
+    type: Literal["moved"]
+    event_id: str
+    day: Annotated[str, AfterValidator(check_day)]
+    duration_minutes: int = Field(gt=0)
+
+
+class CalendarRow(BaseModel):
+    """The task row's own fields: the initial calendar and what must be true of it at the end."""
+
+    calendar: list[Event]
+    goals: list[Annotated[BookGoal | DeleteGoal | MoveGoal, Field(discriminator="type")]] = Field(min_length=1)
+
+    @field_validator("goals")
+    @classmethod
+    def _name_events(cls, goals: list[BookGoal | DeleteGoal | MoveGoal], info: ValidationInfo) -> list:
+        # A goal about an event the calendar lacks would be met, or missed, whatever the model does.
+        if "calendar" not in info.data:  # refused already
+            return goals
+        ids = {event.id for event in info.data["calendar"]}
+        for goal in goals:
+            if not isinstance(goal, BookGoal) and goal.event_id not in ids:
+                raise ValueError(f"event_id {goal.event_id[:50]!r} is not an event of `calendar`")
+        return goals
 
 
 class CalendarConfig(ResourcesConfig):
@@ -33,15 +102,12 @@ class Calendar(ResourcesServer):
 
     config: CalendarConfig
     config_model = CalendarConfig
+    row_model = CalendarRow
 
     async def seed(self, row: TaskRow, session: Session) -> None:
-        """Load the row's `calendar` (validated) into the session."""
-        events = row.extra.get("calendar")
-        if not isinstance(events, list) or not isinstance(row.extra.get("goals"), list):
-            raise ValueError("a calendar row needs `calendar` (a list of events) and `goals`")
-        for event in events:
-            _validate_times(event["day"], event["start"], event["end"])
-        session.state.update(events=copy.deepcopy(events), touched=set(), next_id=len(events) + 1)
+        """Load the row's `calendar` into the session."""
+        events = [event.model_dump() for event in row_fields(CalendarRow, row).calendar]
+        session.state.update(events=events, touched=set(), next_id=len(events) + 1)
 
     def _events(self, session: Session) -> list[dict]:
         if "events" not in session.state:
@@ -121,12 +187,10 @@ class Calendar(ResourcesServer):
 
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """reward = (goals met / goals) x (constraints kept / 3) over the session's final calendar."""
-        initial = row.extra.get("calendar")
-        goals = row.extra.get("goals")
-        if not isinstance(initial, list) or not isinstance(goals, list) or not goals:
-            raise ValueError("a calendar row needs `calendar` and a non-empty `goals` list")
-        final = session.state.get("events", copy.deepcopy(initial))
-        return grade(goals, initial, final, session.state.get("touched", set()))
+        task = row_fields(CalendarRow, row)
+        initial = [event.model_dump() for event in task.calendar]
+        final = session.state.get("events", initial)  # never seeded: nothing changed
+        return grade([goal.model_dump() for goal in task.goals], initial, final, session.state.get("touched", set()))
 
     def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
         """For `gym env test`: list the day, book the meeting in a free slot, then delete or move as asked; the

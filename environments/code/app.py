@@ -7,10 +7,18 @@ import asyncio
 from pydantic import Field
 
 from environments.code.extract import extract_code
-from environments.code.rows import hidden_tests
+from environments.code.rows import CodeRow
 from environments.code.sandbox import SandboxLimits, run_tests
 from servers.answers import answer_metrics, reference_answer
-from servers.resources import ResourcesConfig, ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
+from servers.resources import (
+    ResourcesConfig,
+    ResourcesServer,
+    Session,
+    TaskRow,
+    VerifyRequest,
+    final_answer,
+    row_fields,
+)
 
 MAX_REPORTED_RESULTS = 50  # per-test results echoed in the verify response
 
@@ -28,6 +36,7 @@ class Code(ResourcesServer):
 
     config: CodeConfig
     config_model = CodeConfig
+    row_model = CodeRow
 
     def __init__(self, name: str, config: dict | CodeConfig | None = None) -> None:
         super().__init__(name, config)
@@ -35,10 +44,10 @@ class Code(ResourcesServer):
 
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """Reward = passed tests / all tests (0 when no code was found); see README.md for every field."""
-        tests = hidden_tests(row.extra)
+        tests = row_fields(CodeRow, row).hidden_tests()
         code = extract_code(final_answer(row.response))
-        if code is None or not tests:
-            return _report(0, len(tests), None, [], {}, "no code found in the answer" if code is None else None)
+        if code is None:
+            return _report(0, len(tests), None, [], {}, "no code found in the answer")
         async with self._slots:
             run = await run_tests(code, tests[: self.config.max_tests], self.config.sandbox)
         passed = sum(1 for r in run.results if r.get("passed"))

@@ -23,7 +23,7 @@ from environments.genrm_judge.judging import (
 from gym_core.client import ServerError, get_client
 from gym_core.protocol import TaskRow
 from servers.answers import reference_answer
-from servers.resources import ResourcesConfig, ResourcesServer, Session, VerifyRequest, final_answer
+from servers.resources import ResourcesConfig, ResourcesServer, Session, VerifyRequest, final_answer, row_fields
 
 FAILURE_CLASS = "judge_failed"
 
@@ -39,6 +39,14 @@ class GenRMConfig(ResourcesConfig):
     judge_temperature: float | None = None
 
 
+class GenRMRow(BaseModel):
+    """The task row's own fields: the response to compare with, and optionally what to judge by."""
+
+    baseline: str
+    principle: str | None = None
+    reference: str | None = None  # a strong response, for `gym env test`
+
+
 class JudgeFailed(Exception):
     """The judge could not deliver a judgment (HTTP error, timeout, unreadable answer)."""
 
@@ -47,13 +55,15 @@ class GenRMJudge(ResourcesServer):
     """Answer the conversation better than the baseline response, as a judge model sees it."""
 
     config_model: ClassVar[type[BaseModel]] = GenRMConfig
+    row_model = GenRMRow
     reward_range = (0.0, 1.0)
 
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """Reward = 0.5 (candidate score - 1) / 4 + 0.5 (6 - ranking) / 5, from the judge's pairwise scores."""
+        task = row_fields(GenRMRow, row)
         candidate = final_answer(row.response)[: self.config.max_response_chars]
-        baseline = str(row.extra["baseline"])[: self.config.max_response_chars]
-        principle = row.extra.get("principle")
+        baseline = task.baseline[: self.config.max_response_chars]
+        principle = task.principle
         orders = [True, False] if self.config.swap_positions else [True]
         try:
             judgments = [(await self._judge(row, candidate, baseline, principle, first), first) for first in orders]

@@ -171,8 +171,12 @@ class Constraint:
 
 def build(spec: dict[str, Any]) -> Constraint:
     """A `Constraint` from a row's `{"type": ..., <params>}`; ValueError naming the problem if it is not one."""
-    if not isinstance(spec, dict) or spec.get("type") not in TYPES:
-        raise ValueError(f"unknown constraint {spec!r}; known types: {', '.join(TYPES)}")
+    if not isinstance(spec, dict):
+        # A ValueError, as for any other bad spec: the row model reports it as the row's error.
+        wrong = type(spec).__name__
+        raise ValueError(f'a constraint is an object {{"type": <name>, <params>}}, not a {wrong}')  # noqa: TRY004
+    if spec.get("type") not in TYPES:
+        raise ValueError(f"unknown constraint type {str(spec.get('type'))[:50]!r}; known types: {', '.join(TYPES)}")
     kind = TYPES[spec["type"]]
     params = {k: v for k, v in spec.items() if k != "type"}
     try:

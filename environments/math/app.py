@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from environments.math.grading import grade, warm_up
 from environments.math.verify_pool import TaskTimeout, VerifyPool
 from servers.answers import answer_metrics
-from servers.resources import ResourcesConfig, ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
+from servers.resources import (
+    ResourcesConfig,
+    ResourcesServer,
+    Session,
+    TaskRow,
+    VerifyRequest,
+    final_answer,
+    row_fields,
+)
 
 
 class MathConfig(ResourcesConfig):
@@ -20,11 +28,18 @@ class MathConfig(ResourcesConfig):
     hard_timeout_s: float = Field(30.0, gt=0)  # a grading past this is killed with its worker: reward 0
 
 
+class MathRow(BaseModel):
+    """The task row's own field: the reference answer (a number is read as its text, as NeMo Gym rows may hold)."""
+
+    expected_answer: str | int | float
+
+
 class Math(ResourcesServer):
     """Single-turn math: reward 1 when the final answer is equivalent to `expected_answer`, no tools."""
 
     config: MathConfig
     config_model = MathConfig
+    row_model = MathRow
 
     def __init__(self, name: str, config: dict | MathConfig | None = None) -> None:
         super().__init__(name, config)
@@ -34,11 +49,10 @@ class Math(ResourcesServer):
 
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """Reward 1 for an equivalent final answer, else 0; `extracted_answer` is what was read (or None)."""
-        if "expected_answer" not in row.extra:
-            raise ValueError("a math task row needs an `expected_answer` field")
+        expected = str(row_fields(MathRow, row).expected_answer)
         text = final_answer(row.response)
         try:
-            graded = await self.pool.run(grade, str(row.extra["expected_answer"]), text, self.config.parse_timeout_s)
+            graded = await self.pool.run(grade, expected, text, self.config.parse_timeout_s)
         except TaskTimeout:
             return {"reward": 0.0, "extracted_answer": None, "grading_timed_out": True}
         return {"reward": float(graded["correct"]), "extracted_answer": graded["extracted_answer"],
@@ -55,6 +69,6 @@ class Math(ResourcesServer):
 
     def known_attempts(self, row: TaskRow) -> tuple[str, str]:
         """For `gym env test`: the expected answer boxed, and the expected answer plus one boxed (off by one)."""
-        expected = str(row.extra["expected_answer"])
+        expected = str(row_fields(MathRow, row).expected_answer)
         return (f"Working it out... so the answer is \\boxed{{{expected}}}.",
                 f"I think it is \\boxed{{({expected}) + 1}}.")

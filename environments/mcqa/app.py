@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from pydantic import BaseModel, ValidationInfo, field_validator
+
 from servers.answers import answer_metrics, answer_region, last_boxed
-from servers.resources import ResourcesServer, Session, TaskRow, VerifyRequest, final_answer
+from servers.resources import ResourcesServer, Session, TaskRow, VerifyRequest, final_answer, row_fields
 
 # "Answer: C", "the answer is (c)", "Final answer - **B**": the letter after the word "answer".
 # A bare lowercase letter counts only in parentheses ("answer is a" is English, "answer is (a)" a choice).
@@ -27,6 +29,8 @@ def option_texts(options: Any) -> dict[str, str]:
         pairs = [(chr(ord("A") + i), o) for i, o in enumerate(options)]
     else:
         raise ValueError('`options` must be [{"A": "..."}, ...], {"A": "...", ...} or a list of strings')
+    if not pairs:
+        raise ValueError("`options` is empty")
     letters = {str(letter).strip().upper(): str(text) for letter, text in pairs}
     if not all(len(letter) == 1 and letter.isalpha() for letter in letters):
         raise ValueError(f"option keys must be single letters; got {sorted(letters)}")
@@ -54,17 +58,38 @@ def extract_choice(text: str, letters: dict[str, str]) -> str | None:
     return lone[-1] if lone else None
 
 
+class MCQARow(BaseModel):
+    """The task row's own fields: the options (any accepted layout, read as letter -> text) and the right letter."""
+
+    options: dict[str, str]
+    expected_answer: str
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _lettered(cls, options: Any) -> dict[str, str]:
+        return option_texts(options)
+
+    @field_validator("expected_answer")
+    @classmethod
+    def _letter(cls, expected: str, info: ValidationInfo) -> str:
+        letter = expected.strip().upper()
+        options = info.data.get("options")  # absent when the options themselves were refused
+        # A letter that is no option's would make every rollout of the row a silent 0.
+        if options is not None and letter not in options:
+            raise ValueError(f"{letter[:20]!r} is not one of the options' letters ({', '.join(sorted(options))})")
+        return letter
+
+
 class MCQA(ResourcesServer):
     """Multiple choice: reward 1 when the chosen letter is `expected_answer`, no tools."""
 
+    row_model = MCQARow
+
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """Reward 1 for the expected letter, else 0; `extracted_answer` is the letter read (or None)."""
-        if "options" not in row.extra or "expected_answer" not in row.extra:
-            raise ValueError("an mcqa task row needs `options` and `expected_answer` fields")
-        letters = option_texts(row.extra["options"])
-        chosen = extract_choice(final_answer(row.response), letters)
-        expected = str(row.extra["expected_answer"]).strip().upper()
-        return {"reward": float(chosen == expected), "extracted_answer": chosen}
+        task = row_fields(MCQARow, row)
+        chosen = extract_choice(final_answer(row.response), task.options)
+        return {"reward": float(chosen == task.expected_answer), "extracted_answer": chosen}
 
     def compute_metrics(self, verify_responses: list[dict]) -> dict:
         """Means and pass@k, plus majority@k over the chosen letters."""
@@ -72,7 +97,7 @@ class MCQA(ResourcesServer):
 
     def known_attempts(self, row: TaskRow) -> tuple[str, str]:
         """For `gym env test`: the expected letter, and the next option's letter."""
-        letters = sorted(option_texts(row.extra["options"]))
-        expected = str(row.extra["expected_answer"]).strip().upper()
-        wrong = letters[(letters.index(expected) + 1) % len(letters)]
-        return f"Let me think. Answer: {expected}", f"Let me think. Answer: {wrong}"
+        task = row_fields(MCQARow, row)
+        letters = sorted(task.options)
+        wrong = letters[(letters.index(task.expected_answer) + 1) % len(letters)]
+        return f"Let me think. Answer: {task.expected_answer}", f"Let me think. Answer: {wrong}"

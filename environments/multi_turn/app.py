@@ -12,7 +12,7 @@ from typing import Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from gym_core.protocol import OutputItem
-from servers.resources import Attempt, Session, TaskRow, ToolError, VerifyRequest, tool
+from servers.resources import Attempt, Session, TaskRow, ToolError, VerifyRequest, row_fields, tool
 from servers.simulated_user import SimulatedUserServer
 
 Feature = Literal["projector", "whiteboard", "video"]
@@ -59,6 +59,13 @@ class Requirements(BaseModel):
         return min(fits, key=lambda rid: (ROOMS[rid].capacity, rid)) if fits else None
 
 
+class MultiTurnRow(BaseModel):
+    """The task row's own fields: what the user needs, and what they say after the opening message."""
+
+    requirements: Requirements
+    follow_ups: list[str] = Field(default_factory=list)  # one per requirement after the first, in order
+
+
 def describe(room_id: str) -> dict:
     """A room as the tools show it."""
     room = ROOMS[room_id]
@@ -70,11 +77,11 @@ class MultiTurn(SimulatedUserServer):
     """Book a meeting room that meets every requirement a user reveals over several turns."""
 
     reward_range = (0.0, 1.0)
+    row_model = MultiTurnRow
 
     async def seed(self, row: TaskRow, session: Session) -> None:
         """Give the session the user's script: the follow-up messages still to say."""
-        follow_ups = row.extra.get("follow_ups", [])
-        session.state["follow_ups"] = [str(text) for text in follow_ups] if isinstance(follow_ups, list) else []
+        session.state["follow_ups"] = list(row_fields(MultiTurnRow, row).follow_ups)
         session.state["user_turns"] = 0
 
     @tool
@@ -116,7 +123,7 @@ class MultiTurn(SimulatedUserServer):
 
     async def verify(self, row: VerifyRequest, session: Session) -> dict:
         """Reward = the fraction of the requirements the booked room meets (0 when nothing is booked)."""
-        wanted = Requirements.model_validate(row.extra["requirements"])
+        wanted = row_fields(MultiTurnRow, row).requirements
         booked = session.state.get("booked")
         verdicts = wanted.checks(ROOMS[booked]) if booked else [False] * len(wanted.checks(ROOMS["R101"]))
         return {"reward": sum(verdicts) / len(verdicts), "booked": booked, "requirements_met": sum(verdicts),
@@ -124,7 +131,7 @@ class MultiTurn(SimulatedUserServer):
 
     def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
         """For `gym env test`: book the best room; book one that seats everyone but misses a later requirement."""
-        wanted = Requirements.model_validate(row.extra["requirements"])
+        wanted = row_fields(MultiTurnRow, row).requirements
         best = wanted.best_room()
         near = next(rid for rid, room in ROOMS.items() if wanted.checks(room)[0] and not all(wanted.checks(room)))
         search = ("find_rooms", {"min_capacity": wanted.capacity})

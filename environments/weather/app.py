@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from gym_core.protocol import TaskRow, VerifyRequest
 from servers.resources import Attempt, ResourcesServer, Session, ToolError, final_answer, row_fields, tool
@@ -25,14 +25,15 @@ WEATHER: dict[str, tuple[int, str]] = {
 class WeatherRow(BaseModel):
     """The fields a weather task row carries besides the conversation."""
 
-    model_config = ConfigDict(extra="allow")
-
+    city: str | None = None  # informational: the city the question names
     expected_condition: str
     expected_temperature_c: int
 
 
 class Weather(ResourcesServer):
     """Answer weather questions with the `get_weather` tool."""
+
+    row_model = WeatherRow
 
     @tool
     async def get_weather(self, session: Session, city: str) -> dict:
@@ -65,8 +66,8 @@ class Weather(ResourcesServer):
 
     def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
         """For `gym env test`: look the city up and report it; report a neighbouring temperature instead."""
-        city, condition = row.extra["city"], row.extra["expected_condition"]
-        temperature = row.extra["expected_temperature_c"]
+        expected = row_fields(WeatherRow, row)
+        city, condition, temperature = expected.city, expected.expected_condition, expected.expected_temperature_c
         lookup = (("get_weather", {"city": city}),)
         return (Attempt(f"It is {temperature} °C and {condition} in {city}.", lookup),
                 Attempt(f"It is {temperature + 1} °C and {condition} in {city}.", lookup))

@@ -4,6 +4,10 @@ Checks, in order (each one a row of the table):
   rows          data/example.jsonl has >= 5 task rows that parse; the tools they offer are the server's
   openai types  each row's request is valid against the official `openai` SDK's Responses types (skipped
                 when the SDK is not installed); function tools carry `strict`
+  row errors    the server declares its row fields (`row_model`), which accepts every example row; each row
+                without one of them gets a 4xx `invalid_row` naming it from /seed_session and /verify (a
+                required field) or is served (an optional one), never a 5xx. Fails when the rows carry
+                fields and no `row_model` declares them; skipped when they carry none
   rewards       the environment's known correct and incorrect attempts at every row get rewards inside
                 its declared `reward_range`, the correct one higher
   isolation     64 sessions interleaved step by step get the rewards they get alone
@@ -24,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gym_core.launcher import format_table
 from gym_core.protocol import TaskRow, is_reward
@@ -86,6 +90,7 @@ async def run_checks(env: Environment, options: CheckOptions = CheckOptions()) -
     lo, hi = env.server_class.reward_range
     try:
         async with harness(env) as h:
+            await _timed(results, "row errors", _check_row_errors(h, rows))
             baseline = await _timed(results, "rewards", _check_rewards(h, rows, lo, hi))
             await _timed(results, "isolation", _check_isolation(h, baseline, options.sessions))
             await _timed(results, "cleanup", _check_cleanup(h, baseline, options))
@@ -165,6 +170,64 @@ async def _check_openai_types(rows: list[dict[str, Any]]) -> tuple[None, str]:
         except ValueError as exc:
             raise AssertionError(f"row {number}: not a valid openai Responses request: {exc}") from None
     return None, f"{len(rows)} requests valid (every item; function tools carry strict)"
+
+
+# ------------------------------------------------------------------------------------------ row errors
+
+
+async def _check_row_errors(h: Harness, rows: list[dict[str, Any]] | None) -> tuple[None, str]:
+    """Each example row without each of its declared fields: refused as the row's fault, or served; never a crash."""
+    if not rows:
+        raise _Skip("needs example rows")
+    model = h.server.row_model
+    if model is None:
+        own = sorted({key for row in rows for key in row if key != "responses_create_params"})
+        if not own:
+            raise _Skip("the example rows carry no fields of their own (nothing to declare)")
+        raise AssertionError(f"the example rows carry {', '.join(own)}, but the server declares no row_model: set "
+                             "`row_model` to a pydantic model of those fields, so that a row missing or mistyping "
+                             "one is a 422 `invalid_row` naming it, not a crash or a silent reward")
+    for number, row in enumerate(rows, 1):
+        problem = row_problem(model, row)
+        assert problem is None, f"row {number}: its row_model refuses an example row: {problem}"
+    refused = served = 0
+    for number, row in enumerate(rows, 1):
+        for name in [field.alias or key for key, field in model.model_fields.items()]:
+            if name not in row:
+                continue
+            broken = {k: v for k, v in row.items() if k != name}
+            label = f"row {number} without `{name}`"
+            if row_problem(model, broken) is None:  # an optional field: the row is still served
+                await _in_context(label, h.play(broken, Attempt()))
+                served += 1
+                continue
+            episode = {**broken, "response": {"output": [assistant_message("")]}}
+            for path, body in (("/seed_session", broken), ("/verify", episode)):
+                reply = await _in_context(label, h.post(path, body, None))
+                is_json = reply.headers.get("content-type", "").startswith("application/json")
+                error = reply.json().get("error", {}) if is_json else {}
+                assert 400 <= reply.status_code < 500 and error.get("type") == "invalid_row" and \
+                    name in error.get("message", ""), (f"{label}: {path} answered {reply.status_code} "
+                                                       f"{reply.text[:200]!r}, not a 4xx invalid_row naming `{name}`")
+            refused += 1
+    return None, (f"{refused} rows missing a required field refused (4xx invalid_row naming it), "
+                  f"{served} missing an optional one served")
+
+
+def row_problem(model: type[BaseModel], row: dict[str, Any]) -> str | None:
+    """Why a row model refuses the row's own fields (all but `responses_create_params`), or None."""
+    try:
+        model.model_validate({k: v for k, v in row.items() if k != "responses_create_params"})
+    except ValidationError as exc:
+        return describe_validation_error(exc, "row")
+    return None
+
+
+async def _in_context(label: str, step: Awaitable[Any]) -> Any:
+    try:
+        return await step
+    except CheckFailure as exc:
+        raise CheckFailure(f"{label}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------- rewards

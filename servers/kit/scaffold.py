@@ -74,7 +74,19 @@ from __future__ import annotations
 
 import re
 
-from servers.resources import Attempt, ResourcesServer, Session, TaskRow, ToolError, VerifyRequest, final_answer, tool
+from pydantic import BaseModel
+
+from servers.resources import (
+    Attempt,
+    ResourcesServer,
+    Session,
+    TaskRow,
+    ToolError,
+    VerifyRequest,
+    final_answer,
+    row_fields,
+    tool,
+)
 
 # The environment's world, fixed so that rewards are reproducible.
 STOCK: dict[str, int] = {"apples": 12, "pears": 7, "plums": 0, "figs": 31, "limes": 5}
@@ -82,10 +94,19 @@ STOCK: dict[str, int] = {"apples": 12, "pears": 7, "plums": 0, "figs": 31, "lime
 _NUMBER = re.compile(r"(?<!\\d)(?<!\\d\\.)-?\\d{1,12}(?!\\.?\\d)")
 
 
+class ${Class}Row(BaseModel):
+    """The task row's own fields (besides `responses_create_params`): the item asked about and its count."""
+
+    item: str
+    expected_count: int
+
+
 class $Class(ResourcesServer):
     """Look up how many of an item are in stock with `count_items`, then say the number."""
 
     reward_range = (0.0, 1.0)
+    # Checked before `seed` and `verify`: a row missing or mistyping a field is a 422 `invalid_row` naming it.
+    row_model = ${Class}Row
 
     @tool
     async def count_items(self, session: Session, item: str) -> dict:
@@ -104,13 +125,14 @@ class $Class(ResourcesServer):
         """Reward 1 when the last number in the final answer is the expected count, else 0."""
         numbers = _NUMBER.findall(final_answer(row.response))
         answered = int(numbers[-1]) if numbers else None
-        return {"reward": float(answered == row.extra["expected_count"]), "answered": answered,
+        return {"reward": float(answered == row_fields(${Class}Row, row).expected_count), "answered": answered,
                 "used_tool": bool(session.state.get("looked_up"))}
 
     def known_attempts(self, row: TaskRow) -> tuple[Attempt, Attempt]:
         """For `gym env test`: look the item up and answer its count; answer one more than that."""
-        lookup = (("count_items", {"item": row.extra["item"]}),)
-        count = row.extra["expected_count"]
+        task = row_fields(${Class}Row, row)
+        lookup = (("count_items", {"item": task.item}),)
+        count = task.expected_count
         return Attempt(f"There are {count} in stock.", lookup), Attempt(f"There are {count + 1} in stock.", lookup)
 ''')
 
@@ -187,7 +209,8 @@ answers with the number in stock. (Scaffolded by `gym env new $name`; make it yo
 message equals the row's `expected_count`, else 0.0. Extra fields: `answered` (the number read, or null) and
 `used_tool` (whether `count_items` was called).
 
-**Data.** Rows carry `item` and `expected_count`. `data/example.jsonl` has 5; `python environments/$name/generate.py`
+**Data.** Rows carry `item` and `expected_count` (declared in `app.py` as the row model: a row missing or
+mistyping one is refused with a 422 `invalid_row` naming it). `data/example.jsonl` has 5; `python environments/$name/generate.py`
 writes seeded `data/train.jsonl` and `data/validation.jsonl`.
 
 **Check it.** `gym env test $name` (conformance table and these tests), `gym up examples/quickstart.yaml
@@ -246,6 +269,14 @@ def test_verify_reads_the_last_number(client, text, reward):
     client.post("/count_items", json={"item": "apples"})
     body = client.post("/verify", json={**row, "response": answer(text)}).json()
     assert body["reward"] == reward and body["used_tool"] is True
+
+
+@pytest.mark.parametrize("field", ["item", "expected_count"])
+def test_a_row_without_a_field_is_refused_naming_it(client, field):
+    row = {k: v for k, v in ROWS[0].items() if k != field}
+    reply = client.post("/verify", json={**row, "response": answer("12")})
+    assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row"
+    assert field in reply.json()["error"]["message"]
 
 
 def test_example_rows_are_valid_and_consistent():

@@ -25,9 +25,17 @@ HEADER = """
 from __future__ import annotations
 import random
 import re
+from pydantic import BaseModel
 from servers.resources import Attempt, ResourcesServer, Session, TaskRow, VerifyRequest, tool
 
 STORE: dict = {}
+
+
+class CounterRow(BaseModel):
+    target: int
+"""
+ROW_MODEL = """
+    row_model = CounterRow
 """
 ATTEMPTS = """
     def known_attempts(self, row: TaskRow):
@@ -47,7 +55,7 @@ GOOD_VERIFY = """
 
 # name -> (class body, the check that must fail)
 BROKEN = {
-    "kit_shared_state": ("""
+    "kit_shared_state": (ROW_MODEL + """
     async def seed(self, row, session: Session) -> None:
         STORE["count"] = 0   # one counter for everyone, reset by each new rollout
 
@@ -59,28 +67,35 @@ BROKEN = {
     async def verify(self, row: VerifyRequest, session: Session) -> float:
         return float(STORE.get("count") == row.extra["target"])
 """ + ATTEMPTS, "isolation"),
-    "kit_leaky": (GOOD_TOOL + """
+    "kit_leaky": (ROW_MODEL + GOOD_TOOL + """
     async def verify(self, row: VerifyRequest, session: Session) -> float:
         STORE[session.id] = session.state.get("count")   # kept forever
         return float(session.state.get("count") == row.extra["target"])
 """ + ATTEMPTS, "cleanup"),
-    "kit_random": (GOOD_TOOL + """
+    "kit_random": (ROW_MODEL + GOOD_TOOL + """
     async def verify(self, row: VerifyRequest, session: Session) -> float:
         hit = session.state.get("count") == row.extra["target"]
         return 1.0 if hit else random.random() / 2
 """ + ATTEMPTS, "determinism"),
-    "kit_crashy": (GOOD_TOOL + """
+    "kit_crashy": (ROW_MODEL + GOOD_TOOL + """
     async def verify(self, row: VerifyRequest, session: Session) -> float:
         text = "".join(i.text for i in row.response.output if getattr(i, "role", None) == "assistant")
         digits = [int(n) for n in re.findall(r"[0-9]+", text)]   # int() refuses 10,000 digits
         return float(session.state.get("count") == row.extra["target"] and not digits)
 """ + ATTEMPTS, "adversarial"),
-    "kit_out_of_range": (GOOD_TOOL + """
+    "kit_out_of_range": (ROW_MODEL + GOOD_TOOL + """
     async def verify(self, row: VerifyRequest, session: Session) -> float:
         return 2.0 * (session.state.get("count") == row.extra["target"])
 """ + ATTEMPTS, "rewards"),
-    "kit_no_attempts": (GOOD_TOOL + GOOD_VERIFY, "rewards"),
-    "kit_no_deadline": (GOOD_TOOL + GOOD_VERIFY + ATTEMPTS + """
+    "kit_no_attempts": (ROW_MODEL + GOOD_TOOL + GOOD_VERIFY, "rewards"),
+    "kit_no_row_model": (GOOD_TOOL + GOOD_VERIFY + ATTEMPTS, "row errors"),
+    "kit_row_crash": ("""
+    class Row(BaseModel):   # declares `target` optional, but verify needs it: a row without it is a KeyError
+        target: int | None = None
+
+    row_model = Row
+""" + GOOD_TOOL + GOOD_VERIFY + ATTEMPTS, "row errors"),
+    "kit_no_deadline": (ROW_MODEL + GOOD_TOOL + GOOD_VERIFY + ATTEMPTS + """
     def _tool_route(self, spec):
         from servers.resources import loads
         from fastapi.responses import JSONResponse
@@ -123,16 +138,35 @@ async def test_each_fault_fails_its_check(env_root: Path, name: str) -> None:
     table = {r.name: r for r in results}
     assert table[failing].status == FAIL, [(r.name, r.status, r.detail) for r in results]
     assert table["rows"].status == PASS
+    assert table["row errors"].status == PASS or failing == "row errors"
     if name == "kit_no_attempts":
         assert "known_attempts" in table["rewards"].detail
+    if name == "kit_no_row_model":
+        assert "declares no row_model" in table["row errors"].detail and "target" in table["row errors"].detail
+    if name == "kit_row_crash":
+        assert "without `target`" in table["row errors"].detail and "500" in table["row errors"].detail
 
 
 async def test_a_sound_environment_passes_every_check(env_root: Path) -> None:
-    folder = write_env(env_root, "kit_sound", GOOD_TOOL + GOOD_VERIFY + ATTEMPTS)
+    folder = write_env(env_root, "kit_sound", ROW_MODEL + GOOD_TOOL + GOOD_VERIFY + ATTEMPTS)
     results = await run_checks(load_environment(str(folder)), FAST)
     assert {r.status for r in results} <= {PASS, SKIP}, [(r.name, r.status, r.detail) for r in results]
-    assert [r.name for r in results] == ["rows", "openai types", "rewards", "isolation", "cleanup",
+    assert [r.name for r in results] == ["rows", "openai types", "row errors", "rewards", "isolation", "cleanup",
                                          "tool deadline", "determinism", "adversarial"]
+
+
+async def test_rows_without_fields_of_their_own_need_no_row_model(env_root: Path) -> None:
+    rows = "".join(line.split(', "target"')[0] + "}\n" for line in COUNTER_ROWS.splitlines())
+    body = GOOD_TOOL + """
+    async def verify(self, row: VerifyRequest, session: Session) -> float:
+        return float(session.state.get("count") == 3)
+
+    def known_attempts(self, row: TaskRow):
+        return Attempt("Done.", (("increment", {"by": 3}),)), Attempt("", (("increment", {"by": 4}),))
+"""
+    table = {r.name: r for r in await run_checks(load_environment(str(write_env(env_root, "kit_bare", body, rows))),
+                                                 FAST)}
+    assert table["row errors"].status == SKIP and "no fields of their own" in table["row errors"].detail
 
 
 async def test_bad_example_rows_fail_and_later_checks_skip(env_root: Path) -> None:
@@ -176,7 +210,8 @@ def test_gym_env_new_output_passes_gym_env_test(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "passed" in tested.stdout and "FAIL" not in tested.stdout
-    for check in ("rows", "rewards", "isolation", "cleanup", "tool deadline", "determinism", "adversarial", "pytest"):
+    for check in ("rows", "row errors", "rewards", "isolation", "cleanup", "tool deadline", "determinism",
+                  "adversarial", "pytest"):
         assert re.search(rf"^{check}\s+pass\s", tested.stdout, re.M), (check, tested.stdout)
     generated = subprocess.run([sys.executable, str(folder / "generate.py"), "--train", "4", "--validation", "2"],
                                capture_output=True, text=True, timeout=60)

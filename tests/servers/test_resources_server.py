@@ -6,10 +6,19 @@ from typing import Annotated, Literal
 
 import pytest
 from fastapi.testclient import TestClient
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from environments.counter.app import Counter as CounterEnvironment
-from servers.resources import ResourcesServer, Session, SessionStore, ToolError, aggregate_metrics, pass_at_k, tool
+from servers.resources import (
+    ResourcesServer,
+    Session,
+    SessionStore,
+    ToolError,
+    aggregate_metrics,
+    pass_at_k,
+    row_fields,
+    tool,
+)
 
 
 class Point(BaseModel):
@@ -146,7 +155,7 @@ def test_tool_error_is_400_for_the_model(client):
 def seeded(client, **fields) -> dict:
     """Headers naming a session the server issued at /seed_session (as our agent sends them back)."""
     client.cookies.clear()
-    reply = client.post("/seed_session", json=row(**fields))
+    reply = client.post("/seed_session", json=row(**{"target": 3, **fields}))
     client.cookies.clear()
     return {"X-Session-Id": reply.headers["x-session-id"]}
 
@@ -224,11 +233,51 @@ def test_verify_and_seed_reject_malformed_rows(client):
 
 
 def test_seed_accepts_an_empty_body_like_nemo_gym(client):
+    # No `responses_create_params`: not a task row, so the row model (counter's `target`) does not apply.
     first = client.post("/seed_session")
     assert first.json() == {}
     headers = {"X-Session-Id": first.headers["x-session-id"]}
     assert client.post("/seed_session", json={"start": 4}, headers=headers).json() == {}
     assert client.post("/increment", json={"by": 1}, headers=headers).json() == {"count": 5}
+
+
+@pytest.mark.parametrize("fields, named", [({}, "target: Field required"),
+                                           ({"target": [3]}, "target: Input should be a valid integer")])
+def test_a_row_the_row_model_refuses_is_a_422_invalid_row_before_any_hook_runs(fields, named):
+    server = Counter("counter", {"kind": "resources"})
+    with TestClient(server.build_app()) as c:
+        for path, body in (("/seed_session", row(**fields)), ("/verify", {**row(**fields), "response": answer("3")})):
+            reply = c.post(path, json=body)
+            assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row", reply.text
+            assert named in reply.json()["error"]["message"]
+    assert len(server.sessions) == 0  # refused before `seed`: no session was opened for it
+
+
+def test_the_hooks_read_the_fields_the_route_validated():
+    validated = []
+
+    class Row(BaseModel):
+        target: int
+
+        @field_validator("target")
+        @classmethod
+        def count(cls, value: int) -> int:
+            validated.append(value)
+            return value
+
+    class Typed(ResourcesServer):
+        row_model = Row
+
+        async def seed(self, row, session):
+            session.state["target"] = row_fields(Row, row).target
+
+        async def verify(self, row, session):
+            return float(row_fields(Row, row).target == session.state["target"] == 3)
+
+    with TestClient(Typed("t", {}).build_app()) as c:
+        c.post("/seed_session", json=row(target="3"))  # lax: "3" is read as 3
+        assert c.post("/verify", json={**row(target=3), "response": answer("x")}).json()["reward"] == 1.0
+    assert validated == [3, 3]  # once per request, however often the hooks read the fields
 
 
 def test_aggregate_metrics_route(client):

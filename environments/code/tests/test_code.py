@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from environments.code.app import Code
 from environments.code.extract import extract_code
 from environments.code.generate import make_row
-from environments.code.rows import RowFormatError, hidden_tests
+from environments.code.rows import CodeRow
 from environments.synthetic import make_rows
 from gym_core.protocol import TaskRow, VerifyRequest
 from servers.resources import Session
@@ -68,6 +69,10 @@ def test_extract_code(text, code):
     assert extract_code(text) == code
 
 
+def hidden_tests(row: dict) -> list[dict]:
+    return CodeRow.model_validate(row).hidden_tests()
+
+
 def test_tests_of_reads_our_format_and_nemo_gyms():
     assert hidden_tests(ADD_ROW)[0] == {"kind": "call", "call": "add(1, 2)", "expected": 3}
     assert hidden_tests({"tests": [{"stdin": "1\n", "expected": "2"}]}) == [{"kind": "stdio", "stdin": "1\n",
@@ -83,9 +88,10 @@ def test_tests_of_reads_our_format_and_nemo_gyms():
 @pytest.mark.parametrize("row", [{}, {"tests": [{"call": "f()"}]}, {"tests": [{"expected": 1}]},
                                  {"verifier_metadata": {"unit_tests": {"inputs": ["1"], "outputs": []}}},
                                  {"verifier_metadata": {"unit_tests": {"inputs": ["{"], "outputs": ["1"],
-                                                                       "fn_name": "f"}}}])
+                                                                       "fn_name": "f"}}},
+                                 {"tests": []}, {"verifier_metadata": {"unit_tests": {"packed": "!!"}}}])
 def test_malformed_tests_are_a_data_error(row):
-    with pytest.raises(RowFormatError):
+    with pytest.raises(ValidationError):
         hidden_tests(row)
 
 

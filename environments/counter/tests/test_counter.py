@@ -56,10 +56,11 @@ def test_bad_arguments_are_a_422(client):
 
 
 def test_app_is_as_short_as_the_design_says():
-    # The DESIGN.md example, then `known_attempts` for `gym env test` (a correct and an incorrect attempt).
+    # The DESIGN.md example plus its row model (5 lines), then `known_attempts` for `gym env test` (a correct and
+    # an incorrect attempt).
     design, _, kit = APP.read_text().partition("    def known_attempts")
     code = [line for line in design.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert len(code) <= 16 and len(kit.strip().splitlines()) <= 4
+    assert len(code) <= 21 and len(kit.strip().splitlines()) <= 4
 
 
 def test_example_rows_are_valid():

@@ -104,10 +104,18 @@ def test_verify_a_formatted_answer(client):
     assert client.post("/verify", json={**ROWS[6], "response": answer(fenced_json)}).json()["reward"] == 1.0
 
 
-def test_a_row_without_constraints_is_an_error_not_a_zero():
-    with TestClient(InstructionFollowing("if", KEEP_SESSIONS).build_app(), raise_server_exceptions=False) as c:
-        row = {"responses_create_params": ROWS[0]["responses_create_params"], "response": answer("x")}
-        assert c.post("/verify", json=row).status_code == 500
+@pytest.mark.parametrize("fields, named", [
+    ({}, "constraints: Field required"),
+    ({"constraints": []}, "constraints: List should have at least 1 item"),
+    ({"constraints": [{"type": "word_count", "relation": "at_least", "value": 5}, {"type": "nope"}]},
+     "constraints.1: unknown constraint type 'nope'"),
+])
+def test_a_row_without_usable_constraints_is_the_rows_error_not_a_zero(fields, named):
+    with TestClient(InstructionFollowing("if", KEEP_SESSIONS).build_app()) as c:
+        row = {"responses_create_params": ROWS[0]["responses_create_params"], **fields, "response": answer("x")}
+        reply = c.post("/verify", json=row)
+    assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row"
+    assert named in reply.json()["error"]["message"]
 
 
 @pytest.mark.timeout(120)

@@ -164,10 +164,12 @@ def test_metrics_have_pass_and_majority_at_k(client):
     assert metrics["majority@3/reward"] == 0.5
 
 
-def test_a_row_without_expected_answer_is_an_error_not_a_zero():
+def test_a_row_without_expected_answer_is_the_rows_error_not_a_zero():
     row = {"responses_create_params": ROWS[0]["responses_create_params"], "response": answer("1")}
-    with TestClient(Math("math", {}).build_app(), raise_server_exceptions=False) as c:
-        assert c.post("/verify", json=row).status_code == 500
+    with TestClient(Math("math", {}).build_app()) as c:
+        reply = c.post("/verify", json=row)
+    assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row"
+    assert "expected_answer: Field required" in reply.json()["error"]["message"]
 
 
 def test_example_rows_are_valid():

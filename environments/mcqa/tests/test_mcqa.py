@@ -104,11 +104,17 @@ def test_verify_with_dict_options_and_lowercase_expected(client):
     assert client.post("/verify", json={**row, "response": answer("(B)")}).json()["reward"] == 1.0
 
 
-def test_a_row_without_options_is_an_error_not_a_zero():
-    row = {"responses_create_params": ROWS[0]["responses_create_params"], "expected_answer": "A",
-           "response": answer("A")}
-    with TestClient(MCQA("mcqa", {}).build_app(), raise_server_exceptions=False) as c:
-        assert c.post("/verify", json=row).status_code == 500
+@pytest.mark.parametrize("fields, named", [
+    ({"expected_answer": "A"}, "options: Field required"),
+    ({"options": "A) Paris B) Rome", "expected_answer": "A"}, "options: `options` must be"),
+    ({"options": [{"A": "Paris"}, {"B": "Rome"}], "expected_answer": "E"}, "expected_answer: 'E' is not one of"),
+])
+def test_a_malformed_row_is_the_rows_error_not_a_zero(fields, named):
+    row = {"responses_create_params": ROWS[0]["responses_create_params"], **fields, "response": answer("A")}
+    with TestClient(MCQA("mcqa", {}).build_app()) as c:
+        reply = c.post("/verify", json=row)
+    assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row"
+    assert named in reply.json()["error"]["message"]
 
 
 def test_metrics_have_majority_at_k(client):

@@ -112,12 +112,13 @@ def test_arrays_and_the_prime_row(client):
     assert verify(client, ROWS[4], "[2, 3, 5, 7]")["reward"] == 0.0  # one field (the array) wrong, invalid
 
 
-def test_a_row_with_an_invalid_schema_is_an_error_not_a_zero():
+def test_a_row_with_an_invalid_schema_is_the_rows_error_not_a_zero():
     with pytest.raises(ValueError, match="not a valid JSON Schema"):
         schema_validator({"type": "nonsense"})
-    with TestClient(StructuredOutput("so", KEEP_SESSIONS).build_app(), raise_server_exceptions=False) as c:
-        row = {**ROWS[4], "schema": {"type": 12}, "response": answer("[]")}
-        assert c.post("/verify", json=row).status_code == 500
+    with TestClient(StructuredOutput("so", KEEP_SESSIONS).build_app()) as c:
+        reply = c.post("/verify", json={**ROWS[4], "schema": {"type": 12}, "response": answer("[]")})
+    assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row"
+    assert "schema: the row's `schema` is not a valid JSON Schema" in reply.json()["error"]["message"]
 
 
 @pytest.mark.timeout(120)
