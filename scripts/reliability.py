@@ -31,6 +31,7 @@ SUITES: list[tuple[str, list[str]]] = [
     ("Bad input (the row's fault: 4xx naming the field, classified invalid_row)",
      ["tests/servers/test_agent_row_faults.py", "tests/servers/test_scripted_robustness.py",
       "environments/weather/tests/test_weather.py::test_a_row_missing_or_mistyping_its_fields_is_a_422_naming_them",
+      "tests/environments/test_row_errors.py",
       "tests/rollout/test_backoff.py"]),
     ("Edge probes and security (sizes, headers, NaN, UTF-8, depth; registry, sessions, stack token, secrets)",
      ["tests/security"]),
@@ -55,7 +56,8 @@ PREFACE = """\
   the Ray backend placed comes back in a new actor);
   `gym rollout` holds rollouts while an upstream is unreachable (rollout/backoff.py) and spends no attempts.
 - **Bad data is the row's fault** (finding 7): a 422 naming the field, `invalid_row` in the failures sidecar,
-  terminal (not retried on `--resume`).
+  terminal (not retried on `--resume`), in every environment: each declares its row's fields (`row_model`),
+  which /seed_session and /verify check before the environment's code runs.
 - **The loop is not blocked** (finding 4): the scripted policy is linear in the text and answers long
   conversations in a worker thread.
 - **Fuzz**: no 5xx and no hang on any route of any server kind; **soak**: RSS flat under 1,024 in flight.

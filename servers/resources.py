@@ -22,8 +22,8 @@ servers/metrics.py). CPU-heavy verification goes through `run_in_process`.
 An environment declares its task row's own fields (the keys besides `responses_create_params`) as a pydantic
 model, `row_model`; /seed_session and /verify validate every row against it before `seed` and `verify` run, so
 a row missing or mistyping a field is a 422 `invalid_row` naming it, and the hooks read the fields typed with
-`row_fields(TheModel, row)` (validated once). `RowError` is for what a schema cannot say. For `gym env test`, an environment
-declares `reward_range` and writes `known_attempts` (a correct and an incorrect attempt at a row).
+`row_fields(TheModel, row)` (validated once). `RowError` is for what a schema cannot say. For `gym env test`, an
+environment declares `reward_range` and writes `known_attempts` (a correct and an incorrect attempt at a row).
 """
 
 from __future__ import annotations
