@@ -90,7 +90,8 @@ class Placement(BaseModel):
     resources: dict[str, float] = Field(default_factory=dict)
 
     def actor_options(self, name: str, incarnation: int = 0) -> dict[str, Any]:
-        """Options for `ServerHost.options(...)`; `incarnation` counts the server's restarts (actor names are unique)."""
+        """Options for `ServerHost.options(...)`; `incarnation` counts the server's restarts (actor names are
+        unique)."""
         actor = f"gym-server-{name}-{os.getpid()}" + (f"-{incarnation}" if incarnation else "")
         # Ray itself never restarts the actor: the supervisor does, so the restart policy and count stay in one place.
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus, "name": actor,

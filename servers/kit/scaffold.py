@@ -210,8 +210,8 @@ message equals the row's `expected_count`, else 0.0. Extra fields: `answered` (t
 `used_tool` (whether `count_items` was called).
 
 **Data.** Rows carry `item` and `expected_count` (declared in `app.py` as the row model: a row missing or
-mistyping one is refused with a 422 `invalid_row` naming it). `data/example.jsonl` has 5; `python environments/$name/generate.py`
-writes seeded `data/train.jsonl` and `data/validation.jsonl`.
+mistyping one is refused with a 422 `invalid_row` naming it). `data/example.jsonl` has 5;
+`python environments/$name/generate.py` writes seeded `data/train.jsonl` and `data/validation.jsonl`.
 
 **Check it.** `gym env test $name` (conformance table and these tests), `gym up examples/quickstart.yaml
 environment=$name` to run it with the scripted policy.

@@ -209,7 +209,8 @@ async def _verify(server: Code, row: dict, text: str) -> dict:
 
 @pytest.mark.timeout(120)
 def test_without_namespaces_an_audit_hook_guards_sockets_and_files():
-    with TestClient(Code("code", {"sandbox": {"namespaces": False, "cpu_s": 1, "wall_s": 3}, **KEEP_SESSIONS}).build_app()) as c:
+    app = Code("code", {"sandbox": {"namespaces": False, "cpu_s": 1, "wall_s": 3}, **KEEP_SESSIONS}).build_app()
+    with TestClient(app) as c:
         for name in ("socket", "write_outside", "server_env", "infinite_loop", "fork_bomb"):
             body = verify(c, F_ROW, fenced(HOSTILE[name][0]))
             assert body["reward"] == 0.0 and body["sandbox_isolation"]["network"] == "audit-hook"
