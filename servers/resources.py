@@ -30,30 +30,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import re
-import time
 import typing
-from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError
 
 from gym_core.protocol import Message, Response as EpisodeResponse, TaskRow, VerifyRequest, dumps, is_reward, loads
-from servers.metrics import (
-    Accumulator,
-    MetricsAccumulator,
-    MetricsInputError,
-    MetricsRuns,
-    RowsAccumulator,
-    aggregate_metrics,
-    pass_at_k,
-)
 from gym_core.server import (
     GymServer,
     JSONResponse,
@@ -64,6 +52,17 @@ from gym_core.server import (
     session_is_new,
 )
 from gym_core.sessions import SessionRefused
+from servers.metrics import (
+    Accumulator,
+    MetricsAccumulator,
+    MetricsInputError,
+    MetricsRuns,
+    RowsAccumulator,
+    aggregate_metrics,
+    pass_at_k,
+)
+from servers.session_store import Session, SessionStore
+from servers.tool_specs import ToolSpec, tool, tool_spec
 
 __all__ = ["Attempt", "ResourcesServer", "ResourcesConfig", "RowError", "Session", "SessionStore", "ToolError",
            "ToolSpec", "VerifyRequest", "TaskRow", "aggregate_metrics", "final_answer", "pass_at_k", "row_fields",
@@ -74,9 +73,6 @@ NDJSON = "application/x-ndjson"
 METRICS_RUN_HEADER = "X-Gym-Metrics-Run"
 METRICS_PART_HEADER = "X-Gym-Metrics-Part"
 METRICS_FINAL_HEADER = "X-Gym-Metrics-Final"
-
-# Routes of the base; a tool may not take one of these names.
-RESERVED_NAMES = frozenset({"seed_session", "verify", "aggregate_metrics", "tools", "health", "mcp"})
 
 
 class ToolError(Exception):
@@ -110,151 +106,6 @@ class Attempt:
 
     answer: str = ""
     calls: tuple[tuple[str, dict[str, Any]], ...] = ()
-
-
-# ---------------------------------------------------------------------------------------------- sessions
-
-
-@dataclass
-class Session:
-    """One rollout's state on this server; `state` is the environment's to fill."""
-
-    id: str
-    state: dict[str, Any] = field(default_factory=dict)
-    last_used: float = field(default=0.0, repr=False)
-
-
-class SessionStore:
-    """In-memory sessions keyed by session id: idle ones expire after `ttl_s`, and at most `max_sessions` are kept.
-
-    Past the cap the least recently used session is evicted. `stats()` counts both kinds of loss, so a server
-    evicting sessions that rollouts still need says so in its /health.
-    """
-
-    def __init__(self, ttl_s: float, max_sessions: int = 65536, clock: Callable[[], float] = time.monotonic) -> None:
-        self.ttl_s = ttl_s
-        self.max_sessions = max_sessions
-        self._clock = clock
-        # Ordered by last use, oldest first, so eviction stops at the first live session.
-        self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self.created = self.expired = self.evicted = 0
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def get(self, session_id: str) -> Session:
-        """The session for this id, created empty if it does not exist (or expired)."""
-        session = self.find(session_id)
-        if session is None:
-            session = self._sessions[session_id] = Session(session_id, last_used=self._clock())
-            self.created += 1
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
-                self.evicted += 1
-        return session
-
-    def find(self, session_id: str) -> Session | None:
-        """The live session for this id, renewed, or None (never created, expired, evicted or ended)."""
-        now = self._expire(self._clock())
-        session = self._sessions.get(session_id)
-        if session is not None:
-            self._sessions.move_to_end(session_id)
-            session.last_used = now
-        return session
-
-    def reset(self, session_id: str) -> Session:
-        """A fresh, empty session for this id, replacing any earlier one."""
-        self._sessions.pop(session_id, None)
-        return self.get(session_id)
-
-    def pop(self, session_id: str) -> None:
-        """Forget a session (a finished rollout)."""
-        self._sessions.pop(session_id, None)
-
-    def stats(self) -> dict[str, int]:
-        """Live sessions, the cap, and how many were created, expired (idle) and evicted (over the cap)."""
-        self._expire(self._clock())
-        return {"live": len(self._sessions), "max": self.max_sessions, "created": self.created,
-                "expired": self.expired, "evicted": self.evicted}
-
-    def _expire(self, now: float) -> float:
-        while self._sessions:
-            oldest = next(iter(self._sessions.values()))
-            if now - oldest.last_used < self.ttl_s:
-                break
-            self._sessions.popitem(last=False)
-            self.expired += 1
-        return now
-
-
-# ---------------------------------------------------------------------------------------------- tools
-
-
-@dataclass(frozen=True)
-class ToolSpec:
-    """A tool method with its argument model and its OpenAI function-tool schema."""
-
-    name: str
-    method_name: str
-    arguments: type[BaseModel]
-    schema: dict[str, Any]
-    takes_session: bool
-
-
-def tool(fn: Callable | None = None, *, name: str | None = None) -> Any:
-    """Mark a server method as a tool served at `POST /<name>`; its schema comes from its type hints."""
-
-    def mark(method: Callable) -> Callable:
-        method.__gym_tool__ = name or method.__name__  # type: ignore[attr-defined]
-        return method
-
-    return mark(fn) if fn is not None else mark
-
-
-def tool_spec(method: Callable, name: str) -> ToolSpec:
-    """Build a tool's argument model and schema from its signature (minus `self` and `session`)."""
-    if name in RESERVED_NAMES or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", name):
-        raise TypeError(f"tool name {name!r} is reserved or not a valid route name")
-    hints = typing.get_type_hints(method, include_extras=True)
-    description, param_docs = _parse_docstring(inspect.getdoc(method) or "")
-    fields: dict[str, Any] = {}
-    params = list(inspect.signature(method).parameters.values())[1:]
-    for param in params:
-        if param.name == "session":
-            continue
-        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
-            raise TypeError(f"tool {name!r}: parameter {param.name!r} must be a plain named parameter")
-        if param.name not in hints:
-            raise TypeError(f"tool {name!r}: parameter {param.name!r} needs a type hint")
-        default = ... if param.default is param.empty else param.default
-        fields[param.name] = (hints[param.name], default)
-    model = create_model(f"{name}_arguments", __config__=ConfigDict(extra="forbid"), **fields)
-    parameters = _strip_titles(model.model_json_schema())
-    for pname, doc in param_docs.items():
-        parameters.get("properties", {}).get(pname, {}).setdefault("description", doc)
-    # `strict` is required by the Responses API's function tool (and NeMo Gym's models); it is true only where
-    # the schema meets strict mode's rules: no extra keys, every parameter required.
-    strict = parameters.get("additionalProperties") is False and \
-        set(parameters.get("required", [])) == set(parameters.get("properties", {}))
-    schema = {"type": "function", "name": name, "description": description, "parameters": parameters,
-              "strict": strict}
-    return ToolSpec(name, method.__name__, model, schema, any(p.name == "session" for p in params))
-
-
-def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """Split a Google-style docstring into the description and the `Args:` entries."""
-    head, _, args = doc.partition("\nArgs:\n")
-    params = dict(re.findall(r"^\s+(\w+)(?:\s*\([^)]*\))?:\s*(.+)$", args, flags=re.M))
-    return head.strip(), params
-
-
-def _strip_titles(schema: Any) -> Any:
-    """Drop pydantic's generated `title` keys: noise in a prompt (a property named "title" survives)."""
-    if isinstance(schema, dict):
-        return {k: _strip_titles(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
-    if isinstance(schema, list):
-        return [_strip_titles(v) for v in schema]
-    return schema
 
 
 def final_answer(response: EpisodeResponse) -> str:
