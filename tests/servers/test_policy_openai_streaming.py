@@ -19,6 +19,7 @@ import pytest
 
 from gym_core.config import load_config
 from gym_core.launcher import launch
+from gym_core.protocol import TOKEN_FIELDS
 
 openai = pytest.importorskip("openai")
 
@@ -32,7 +33,6 @@ from tests.servers.weather_tool import CHAT_TOOL, RESPONSES_TOOL
 
 HELLO = [{"role": "user", "content": "Say hello to Ada"}]
 WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
-TOKEN_FIELDS = ("prompt_token_ids", "generation_token_ids", "generation_log_probs")
 
 
 @pytest.fixture(scope="module")
