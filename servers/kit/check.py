@@ -5,9 +5,10 @@ Checks, in order (each one a row of the table):
   openai types  each row's request is valid against the official `openai` SDK's Responses types (skipped
                 when the SDK is not installed); function tools carry `strict`
   row errors    the server declares its row fields (`row_model`), which accepts every example row; each row
-                without one of them gets a 4xx `invalid_row` naming it from /seed_session and /verify (a
-                required field) or is served (an optional one), never a 5xx. Fails when the rows carry
-                fields and no `row_model` declares them; skipped when they carry none
+                without one of them, or with one holding a value of another JSON type, gets a 4xx `invalid_row`
+                naming it from /seed_session and /verify when `row_model` refuses it, and is served when it
+                accepts it, never a 5xx. Fails when the rows carry fields and no `row_model` declares them;
+                skipped when they carry none
   rewards       the environment's known correct and incorrect attempts at every row get rewards inside
                 its declared `reward_range`, the correct one higher
   isolation     64 sessions interleaved step by step get the rewards they get alone
@@ -24,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +177,8 @@ async def _check_openai_types(rows: list[dict[str, Any]]) -> tuple[None, str]:
 
 
 async def _check_row_errors(h: Harness, rows: list[dict[str, Any]] | None) -> tuple[None, str]:
-    """Each example row without each of its declared fields: refused as the row's fault, or served; never a crash."""
+    """Each example row without each of its declared fields, and with each holding a value of another JSON type:
+    refused as the row's fault, or served; never a crash."""
     if not rows:
         raise _Skip("needs example rows")
     model = h.server.row_model
@@ -191,27 +193,38 @@ async def _check_row_errors(h: Harness, rows: list[dict[str, Any]] | None) -> tu
         problem = row_problem(model, row)
         assert problem is None, f"row {number}: its row_model refuses an example row: {problem}"
     refused = served = 0
+    for label, name, broken in _broken_rows(model, rows):
+        if row_problem(model, broken) is None:  # an optional field, or one of any type: the row is still served
+            await _in_context(label, h.play(broken, Attempt()))
+            served += 1
+            continue
+        episode = {**broken, "response": {"output": [assistant_message("")]}}
+        for path, body in (("/seed_session", broken), ("/verify", episode)):
+            reply = await _in_context(label, h.post(path, body, None))
+            is_json = reply.headers.get("content-type", "").startswith("application/json")
+            error = reply.json().get("error", {}) if is_json else {}
+            assert 400 <= reply.status_code < 500 and error.get("type") == "invalid_row" and \
+                name in error.get("message", ""), (f"{label}: {path} answered {reply.status_code} "
+                                                   f"{reply.text[:200]!r}, not a 4xx invalid_row naming `{name}`")
+        refused += 1
+    return None, (f"{refused} rows missing or mistyping a field refused (4xx invalid_row naming it), "
+                  f"{served} its row_model accepts served")
+
+
+def _broken_rows(model: type[BaseModel], rows: list[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(label, field, row) for each example row without each declared field it has, and with that field holding a
+    value of another JSON type."""
     for number, row in enumerate(rows, 1):
         for name in [field.alias or key for key, field in model.model_fields.items()]:
-            if name not in row:
-                continue
-            broken = {k: v for k, v in row.items() if k != name}
-            label = f"row {number} without `{name}`"
-            if row_problem(model, broken) is None:  # an optional field: the row is still served
-                await _in_context(label, h.play(broken, Attempt()))
-                served += 1
-                continue
-            episode = {**broken, "response": {"output": [assistant_message("")]}}
-            for path, body in (("/seed_session", broken), ("/verify", episode)):
-                reply = await _in_context(label, h.post(path, body, None))
-                is_json = reply.headers.get("content-type", "").startswith("application/json")
-                error = reply.json().get("error", {}) if is_json else {}
-                assert 400 <= reply.status_code < 500 and error.get("type") == "invalid_row" and \
-                    name in error.get("message", ""), (f"{label}: {path} answered {reply.status_code} "
-                                                       f"{reply.text[:200]!r}, not a 4xx invalid_row naming `{name}`")
-            refused += 1
-    return None, (f"{refused} rows missing a required field refused (4xx invalid_row naming it), "
-                  f"{served} missing an optional one served")
+            if name in row:
+                without = {k: v for k, v in row.items() if k != name}
+                yield f"row {number} without `{name}`", name, without
+                yield f"row {number} with `{name}` of another type", name, {**without, name: _other_type(row[name])}
+
+
+def _other_type(value: Any) -> Any:
+    """A JSON value of a different type than `value` (an object for a scalar or a list, a list for an object)."""
+    return [1, "two"] if isinstance(value, dict) else {"unexpected": [1]}
 
 
 def row_problem(model: type[BaseModel], row: dict[str, Any]) -> str | None:

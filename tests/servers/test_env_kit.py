@@ -24,6 +24,7 @@ FAST = CheckOptions(rollouts=200, sessions=16, deadline_grace_s=2.0)
 HEADER = """
 from __future__ import annotations
 import random
+from typing import Any
 import re
 from pydantic import BaseModel
 from servers.resources import Attempt, ResourcesServer, Session, TaskRow, VerifyRequest, tool
@@ -95,6 +96,15 @@ BROKEN = {
 
     row_model = Row
 """ + GOOD_TOOL + GOOD_VERIFY + ATTEMPTS, "row errors"),
+    "kit_row_any_type": ("""
+    class Row(BaseModel):   # takes `target` of any type, but verify adds to it: a dict there is a TypeError
+        target: Any
+
+    row_model = Row
+""" + GOOD_TOOL + """
+    async def verify(self, row: VerifyRequest, session: Session) -> float:
+        return float(session.state.get("count", 0) + 1 == row.extra["target"] + 1)
+""" + ATTEMPTS, "row errors"),
     "kit_no_deadline": (ROW_MODEL + GOOD_TOOL + GOOD_VERIFY + ATTEMPTS + """
     def _tool_route(self, spec):
         from servers.resources import loads
@@ -145,6 +155,8 @@ async def test_each_fault_fails_its_check(env_root: Path, name: str) -> None:
         assert "declares no row_model" in table["row errors"].detail and "target" in table["row errors"].detail
     if name == "kit_row_crash":
         assert "without `target`" in table["row errors"].detail and "500" in table["row errors"].detail
+    if name == "kit_row_any_type":
+        assert "with `target` of another type" in table["row errors"].detail and "500" in table["row errors"].detail
 
 
 async def test_a_sound_environment_passes_every_check(env_root: Path) -> None:
