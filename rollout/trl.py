@@ -151,8 +151,8 @@ def make_rollout_func(rows: Sequence[dict[str, Any]], *, agent: str, policy: str
     def rollout_func(prompts: list[str], trainer: GRPOTrainer) -> dict[str, Any]:
         """Push the weights if this step has not, then one rollout per prompt, as TRL's batch."""
         version = f"step-{trainer.state.global_step}"
+        model = unclamp_mamba_dt(trainer.accelerator.unwrap_model(trainer.model))  # also for a model built by hand
         if push and state["pushed_step"] != trainer.state.global_step:
-            model = trainer.accelerator.unwrap_model(trainer.model)
             push_weights(_sync_url(policy), model, version, auth_token=auth_token)
             state["pushed_step"] = trainer.state.global_step
         tasks = [trainer_row(rows, prompt, position, trainer.args) for position, prompt in enumerate(prompts)]

@@ -145,6 +145,7 @@ def test_sampling_settings_reach_every_row_and_failures_become_fillers(stack: St
     assert sent["_ng_task_index"] == 5 and sent["city"] == rows[1]["city"]
     batch = make_rollout_func(rows, agent=stack.url("agent"), policy=stack.url("policy"), push=False,
                               timeout=120)(["0", "1", "2"], trainer)
+    assert trainer.model[0].time_step_limit == (0.0, float("inf"))  # computes what the server computes
     assert batch["rollout_failed"] == [False, False, True]
     assert batch["env_reward"][2] is None and batch["env_mask"][2] == [0]
     assert all(len(c) <= 16 * 3 for c in batch["completion_ids"])  # max_output_tokens per model call (3 calls)
@@ -160,9 +161,14 @@ class _FakeTrainer:
     def __init__(self, **args: Any) -> None:
         from types import SimpleNamespace
 
+        import torch
+
         self.args = SimpleNamespace(**args)
         self.state = SimpleNamespace(global_step=0)
         self.processing_class = SimpleNamespace(eos_token_id=2)
+        self.accelerator = SimpleNamespace(unwrap_model=lambda model: model)
+        self.model = torch.nn.Sequential(torch.nn.Identity())
+        self.model[0].time_step_limit = (0.001, float("inf"))  # as transformers' Mamba mixer has it
 
 
 @pytest.mark.timeout(300)
