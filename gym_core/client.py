@@ -3,9 +3,9 @@ bounded retries for connection failures only.
 
 Requests go out over one aiohttp connection pool and come back as `httpx.Response` objects, with failures
 raised as httpx exceptions: callers use the httpx API. `stream()` hands back a response whose body is read as
-it arrives (`aiter_bytes`, `aiter_lines`, or `aiter_sse` for server-sent events). httpx's own pool slows down badly with thousands of
-requests in flight, and its request pipeline costs about 2.5x aiohttp's CPU per call even over the
-`httpx-aiohttp` transport (benchmarks/README.md, "Client transport"). Cookies are never stored: one client
+it arrives (`aiter_bytes`, `aiter_lines`, or `aiter_sse` for server-sent events). httpx's own pool slows down
+badly with thousands of requests in flight, and its request pipeline costs about 2.5x aiohttp's CPU per call
+even over the `httpx-aiohttp` transport (benchmarks/README.md, "Client transport"). Cookies are never stored: one client
 serves many rollouts, so a rollout's session travels explicitly in each call's headers (`X-Session-Id`,
 or a NeMo Gym cookie). The stack token (`gym_core.auth`) goes to the registry and to the servers the registry
 named, never to other URLs.

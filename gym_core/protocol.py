@@ -63,10 +63,9 @@ class TokenFields(WireModel):
             missing = sorted(set(TOKEN_FIELDS) - set(present))
             raise ValueError(f"token fields are all-or-none: {present} given but {missing} missing")
         if present and len(self.generation_token_ids) != len(self.generation_log_probs):  # type: ignore[arg-type]
-            raise ValueError(
-                f"generation_token_ids has {len(self.generation_token_ids)} ids but generation_log_probs "  # type: ignore[arg-type]
-                f"has {len(self.generation_log_probs)} values; they must be aligned one to one"  # type: ignore[arg-type]
-            )
+            ids, logprobs = len(self.generation_token_ids), len(self.generation_log_probs)  # type: ignore[arg-type]
+            raise ValueError(f"generation_token_ids has {ids} ids but generation_log_probs has {logprobs} values; "
+                             "they must be aligned one to one")
         return self
 
     @property
@@ -219,6 +218,24 @@ class ResponseCreateParams(WireModel):
         return [t for t in self.tools if isinstance(t, FunctionTool)]
 
 
+class MissingRowField(KeyError):
+    """Code read a task-row field the row does not have (`row.extra[name]`): the row's fault, not the server's."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"the task row has no field {str(self.name)[:100]!r}"
+
+
+class RowExtra(dict[str, Any]):
+    """A task row's environment fields; reading one that is absent raises MissingRowField naming it."""
+
+    def __missing__(self, name: str) -> Any:
+        raise MissingRowField(name)
+
+
 class TaskRow(WireModel):
     """One NeMo Gym JSONL task row: `responses_create_params` + environment fields kept verbatim."""
 
@@ -228,9 +245,10 @@ class TaskRow(WireModel):
     _fields: BaseModel | None = PrivateAttr(default=None)
 
     @property
-    def extra(self) -> dict[str, Any]:
-        """The environment fields (every top-level key this schema does not declare)."""
-        return self.model_extra or {}
+    def extra(self) -> RowExtra:
+        """The environment fields (every top-level key this schema does not declare). A server that reads one the
+        row lacks (`row.extra["target"]`) answers 422 `invalid_row` naming it, as for a `row_model` refusal."""
+        return RowExtra(self.model_extra or {})
 
 
 # ---------------------------------------------------------------------------------------------- response

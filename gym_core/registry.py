@@ -115,7 +115,8 @@ class RegistryServer(GymServer):
     admin_routes: ClassVar[frozenset[tuple[str, str]]] = MUTATING_ROUTES
 
     def __init__(self, registry: Registry, body_timeout_s: float = REGISTRY_BODY_TIMEOUT_S) -> None:
-        super().__init__("registry", {"max_request_bytes": REGISTRY_MAX_REQUEST_BYTES, "body_timeout_s": body_timeout_s})
+        super().__init__("registry", {"max_request_bytes": REGISTRY_MAX_REQUEST_BYTES,
+                                      "body_timeout_s": body_timeout_s})
         self.registry = registry
 
     def add_routes(self, app: FastAPI) -> None:

@@ -4,9 +4,10 @@ The launcher writes one JSON object, `{"name", "spec", "auth_required"}` (the in
 block, and whether every route needs the stack token), then closes the pipe: the config, secrets included, never
 appears in the process's environment or command line. GYM_REGISTRY_URL says where to register, and
 GYM_AUTH_TOKEN_FILE names the file holding the stack token (only its path is in the environment), GYM_BIND_HOST
-the address to serve on (127.0.0.1 unless the Ray backend places the server on a node: then that node's address). The process
-binds 127.0.0.1:0 itself (no pick-then-bind race), serves the app with uvicorn on that socket, registers its URL
-once it accepts connections, and deregisters when it stops (SIGTERM or SIGINT: graceful shutdown, exit code 0).
+the address to serve on (127.0.0.1 unless the Ray backend places the server on a node: then that node's
+address). The process binds 127.0.0.1:0 itself (no pick-then-bind race), serves the app with uvicorn on that
+socket, registers its URL once it accepts connections, and deregisters when it stops (SIGTERM or SIGINT:
+graceful shutdown, exit code 0).
 """
 
 from __future__ import annotations

@@ -243,7 +243,8 @@ class Engine:
             if mine is None:
                 problems.append(f"unexpected {name}")
             elif mine.shape != tensor.shape or mine.dtype != tensor.dtype:
-                problems.append(f"{name}: {tuple(tensor.shape)} {tensor.dtype}, serving {tuple(mine.shape)} {mine.dtype}")
+                problems.append(f"{name}: {tuple(tensor.shape)} {tensor.dtype}, "
+                                f"serving {tuple(mine.shape)} {mine.dtype}")
         if problems:
             raise ValueError("new weights do not fit the model: " + "; ".join(problems[:20]))
         with torch.no_grad():

@@ -18,7 +18,8 @@ from tokenizers import Tokenizer
 
 from model.tool_calls import ParsedGeneration, ToolCall, parse_generation
 
-__all__ = ["ChatTokenizer", "ParsedGeneration", "ToolCall", "checkpoint_dir", "parse_generation", "render_chat_template"]
+__all__ = ["ChatTokenizer", "ParsedGeneration", "ToolCall", "checkpoint_dir", "parse_generation",
+           "render_chat_template"]
 
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_ROOT = Path(__file__).parent / "builtin"

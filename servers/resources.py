@@ -22,8 +22,10 @@ servers/metrics.py). CPU-heavy verification goes through `run_in_process`.
 An environment declares its task row's own fields (the keys besides `responses_create_params`) as a pydantic
 model, `row_model`; /seed_session and /verify validate every row against it before `seed` and `verify` run, so
 a row missing or mistyping a field is a 422 `invalid_row` naming it, and the hooks read the fields typed with
-`row_fields(TheModel, row)` (validated once). `RowError` is for what a schema cannot say. For `gym env test`, an
-environment declares `reward_range` and writes `known_attempts` (a correct and an incorrect attempt at a row).
+`row_fields(TheModel, row)` (validated once). Without a row model, reading a field the row lacks
+(`row.extra["target"]`) is a 422 `invalid_row` too. `RowError` is for what a schema cannot say. For
+`gym env test`, an environment declares `reward_range` and writes `known_attempts` (a correct and an incorrect
+attempt at a row).
 """
 
 from __future__ import annotations
@@ -41,7 +43,16 @@ from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from gym_core.protocol import Message, Response as EpisodeResponse, TaskRow, VerifyRequest, dumps, is_reward, loads
+from gym_core.protocol import (
+    Message,
+    MissingRowField,
+    Response as EpisodeResponse,
+    TaskRow,
+    VerifyRequest,
+    dumps,
+    is_reward,
+    loads,
+)
 from gym_core.server import (
     GymServer,
     JSONResponse,
@@ -287,7 +298,7 @@ class ResourcesServer(GymServer):
             if is_task_row:
                 self._check_row(row)
             await self.seed(row, self.sessions.reset(session_id_of(request)))
-        except RowError as err:
+        except (RowError, MissingRowField) as err:
             return error_response(422, f"/seed_session: {err}", "invalid_row")
         return Response(b"{}", media_type="application/json")
 
@@ -297,11 +308,14 @@ class ResourcesServer(GymServer):
             row = VerifyRequest.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/verify expects a task row plus `response`: {_brief(err)}")
+        session: Session | None = None
         try:
             self._check_row(row)
             session = self.session_for(request)
             result = await self.verify(row, session)
-        except RowError as err:
+        except (RowError, MissingRowField) as err:
+            if session is not None and self.config.end_session_on_verify:
+                self.sessions.pop(session.id)  # a refused row's rollout is over as well
             return error_response(422, f"/verify: {err}", "invalid_row")
         fields = dict(result) if isinstance(result, dict) else {"reward": result}
         reward = fields.get("reward")

@@ -4,11 +4,10 @@ Checks, in order (each one a row of the table):
   rows          data/example.jsonl has >= 5 task rows that parse; the tools they offer are the server's
   openai types  each row's request is valid against the official `openai` SDK's Responses types (skipped
                 when the SDK is not installed); function tools carry `strict`
-  row errors    the server declares its row fields (`row_model`), which accepts every example row; each row
-                without one of them, or with one holding a value of another JSON type, gets a 4xx `invalid_row`
-                naming it from /seed_session and /verify when `row_model` refuses it, and is served when it
-                accepts it, never a 5xx. Fails when the rows carry fields and no `row_model` declares them;
-                skipped when they carry none
+  row errors    each example row without one of its fields, or with one holding a value of another JSON type,
+                is refused with a 4xx `invalid_row` naming the field, or served, never a 5xx. With a
+                `row_model` (which must accept every example row) exactly what it refuses is refused, at
+                /seed_session and /verify; skipped when the rows carry no fields of their own
   rewards       the environment's known correct and incorrect attempts at every row get rewards inside
                 its declared `reward_range`, the correct one higher
   isolation     64 sessions interleaved step by step get the rewards they get alone
@@ -33,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from gym_core.launcher import format_table
 from gym_core.protocol import TaskRow, is_reward
-from gym_core.server import describe_validation_error
+from gym_core.server import SESSION_HEADER, describe_validation_error
 from servers.kit.adversarial import adversarial_outputs, raw_bodies
 from servers.kit.catalog import Environment, read_example_rows
 from servers.kit.harness import CheckFailure, Harness, assistant_message, function_call, harness
@@ -177,45 +176,62 @@ async def _check_openai_types(rows: list[dict[str, Any]]) -> tuple[None, str]:
 
 
 async def _check_row_errors(h: Harness, rows: list[dict[str, Any]] | None) -> tuple[None, str]:
-    """Each example row without each of its declared fields, and with each holding a value of another JSON type:
-    refused as the row's fault, or served; never a crash."""
+    """Each example row without each of its fields, and with each holding a value of another JSON type: refused
+    as the row's fault (4xx `invalid_row` naming the field), or served; never a crash."""
     if not rows:
         raise _Skip("needs example rows")
+    own = sorted({key for row in rows for key in row if key != "responses_create_params"})
+    if not own:
+        raise _Skip("the example rows carry no fields of their own (nothing to check)")
     model = h.server.row_model
-    if model is None:
-        own = sorted({key for row in rows for key in row if key != "responses_create_params"})
-        if not own:
-            raise _Skip("the example rows carry no fields of their own (nothing to declare)")
-        raise AssertionError(f"the example rows carry {', '.join(own)}, but the server declares no row_model: set "
-                             "`row_model` to a pydantic model of those fields, so that a row missing or mistyping "
-                             "one is a 422 `invalid_row` naming it, not a crash or a silent reward")
-    for number, row in enumerate(rows, 1):
-        problem = row_problem(model, row)
-        assert problem is None, f"row {number}: its row_model refuses an example row: {problem}"
+    if model is not None:
+        for number, row in enumerate(rows, 1):
+            problem = row_problem(model, row)
+            assert problem is None, f"row {number}: its row_model refuses an example row: {problem}"
+        own = [field.alias or key for key, field in model.model_fields.items()]
     refused = served = 0
-    for label, name, broken in _broken_rows(model, rows):
-        if row_problem(model, broken) is None:  # an optional field, or one of any type: the row is still served
+    for label, name, broken in _broken_rows(own, rows):
+        # With a row_model the server must refuse exactly what the model refuses; without one, either will do.
+        must_refuse = model is not None and row_problem(model, broken) is not None
+        if model is not None and not must_refuse:
             await _in_context(label, h.play(broken, Attempt()))
             served += 1
+        elif await _refused(h, label, name, broken, must_refuse):
+            refused += 1
+        else:
+            served += 1
+    detail = f"{refused} rows missing or mistyping a field refused (4xx invalid_row naming it), {served} served"
+    if model is None:
+        detail += "; no row_model, so a mistyped field is served as it is (declare one to refuse it)"
+    return None, detail
+
+
+async def _refused(h: Harness, label: str, name: str, row: dict[str, Any], must_refuse: bool) -> bool:
+    """Play a broken row (seed, then verify an empty answer in that session): whether the server refused it.
+    A refusal must be a 4xx `invalid_row` naming `name` (a 5xx is a CheckFailure); with `must_refuse` both
+    routes must refuse it."""
+    episode = {**row, "response": {"output": [assistant_message("")]}}
+    session = None
+    for path, body in (("/seed_session", row), ("/verify", episode)):
+        reply = await _in_context(label, h.post(path, body, session))
+        if reply.status_code < 400 and not must_refuse:
+            session = reply.headers.get(SESSION_HEADER, session)
             continue
-        episode = {**broken, "response": {"output": [assistant_message("")]}}
-        for path, body in (("/seed_session", broken), ("/verify", episode)):
-            reply = await _in_context(label, h.post(path, body, None))
-            is_json = reply.headers.get("content-type", "").startswith("application/json")
-            error = reply.json().get("error", {}) if is_json else {}
-            assert 400 <= reply.status_code < 500 and error.get("type") == "invalid_row" and \
-                name in error.get("message", ""), (f"{label}: {path} answered {reply.status_code} "
-                                                   f"{reply.text[:200]!r}, not a 4xx invalid_row naming `{name}`")
-        refused += 1
-    return None, (f"{refused} rows missing or mistyping a field refused (4xx invalid_row naming it), "
-                  f"{served} its row_model accepts served")
+        is_json = reply.headers.get("content-type", "").startswith("application/json")
+        error = reply.json().get("error", {}) if is_json else {}
+        assert 400 <= reply.status_code < 500 and error.get("type") == "invalid_row" and \
+            name in error.get("message", ""), (f"{label}: {path} answered {reply.status_code} "
+                                               f"{reply.text[:200]!r}, not a 4xx invalid_row naming `{name}`")
+        if not must_refuse:
+            return True
+    return must_refuse
 
 
-def _broken_rows(model: type[BaseModel], rows: list[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    """(label, field, row) for each example row without each declared field it has, and with that field holding a
+def _broken_rows(names: list[str], rows: list[dict[str, Any]]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(label, field, row) for each example row without each named field it has, and with that field holding a
     value of another JSON type."""
     for number, row in enumerate(rows, 1):
-        for name in [field.alias or key for key, field in model.model_fields.items()]:
+        for name in names:
             if name in row:
                 without = {k: v for k, v in row.items() if k != name}
                 yield f"row {number} without `{name}`", name, without

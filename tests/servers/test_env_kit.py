@@ -6,9 +6,9 @@ with one deliberate fault. The check must fail exactly the row that fault is abo
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
-import re
 from pathlib import Path
 
 import pytest
@@ -89,13 +89,19 @@ BROKEN = {
         return 2.0 * (session.state.get("count") == row.extra["target"])
 """ + ATTEMPTS, "rewards"),
     "kit_no_attempts": (ROW_MODEL + GOOD_TOOL + GOOD_VERIFY, "rewards"),
-    "kit_no_row_model": (GOOD_TOOL + GOOD_VERIFY + ATTEMPTS, "row errors"),
+    "kit_no_row_model_crash": (GOOD_TOOL + """
+    async def verify(self, row: VerifyRequest, session: Session) -> float:   # no row model, and a dict is a crash
+        return float(session.state.get("count", 0) + 1 == row.extra["target"] + 1)
+""" + ATTEMPTS, "row errors"),
     "kit_row_crash": ("""
-    class Row(BaseModel):   # declares `target` optional, but verify needs it: a row without it is a KeyError
+    class Row(BaseModel):   # declares `target` optional, but verify needs it: a row without it is a TypeError
         target: int | None = None
 
     row_model = Row
-""" + GOOD_TOOL + GOOD_VERIFY + ATTEMPTS, "row errors"),
+""" + GOOD_TOOL + """
+    async def verify(self, row: VerifyRequest, session: Session) -> float:
+        return float(session.state.get("count", 0) + 1 == row.extra.get("target") + 1)
+""" + ATTEMPTS, "row errors"),
     "kit_row_any_type": ("""
     class Row(BaseModel):   # takes `target` of any type, but verify adds to it: a dict there is a TypeError
         target: Any
@@ -151,8 +157,8 @@ async def test_each_fault_fails_its_check(env_root: Path, name: str) -> None:
     assert table["row errors"].status == PASS or failing == "row errors"
     if name == "kit_no_attempts":
         assert "known_attempts" in table["rewards"].detail
-    if name == "kit_no_row_model":
-        assert "declares no row_model" in table["row errors"].detail and "target" in table["row errors"].detail
+    if name == "kit_no_row_model_crash":
+        assert "with `target` of another type" in table["row errors"].detail and "500" in table["row errors"].detail
     if name == "kit_row_crash":
         assert "without `target`" in table["row errors"].detail and "500" in table["row errors"].detail
     if name == "kit_row_any_type":
@@ -165,6 +171,16 @@ async def test_a_sound_environment_passes_every_check(env_root: Path) -> None:
     assert {r.status for r in results} <= {PASS, SKIP}, [(r.name, r.status, r.detail) for r in results]
     assert [r.name for r in results] == ["rows", "openai types", "row errors", "rewards", "isolation", "cleanup",
                                          "tool deadline", "determinism", "adversarial"]
+
+
+async def test_the_design_counter_without_a_row_model_passes_every_check(env_root: Path) -> None:
+    """DESIGN.md's whole environment: a row missing `target` is refused as the row's (row.extra raises a
+    MissingRowField the base answers 422 invalid_row); a mistyped one is served, which the detail points out."""
+    folder = write_env(env_root, "kit_design_counter", GOOD_TOOL + GOOD_VERIFY + ATTEMPTS)
+    table = {r.name: r for r in await run_checks(load_environment(str(folder)), FAST)}
+    assert {r.status for r in table.values()} <= {PASS, SKIP}, [(r.name, r.status, r.detail) for r in table.values()]
+    detail = table["row errors"].detail
+    assert "6 rows missing or mistyping a field refused" in detail and "6 served" in detail and "no row_model" in detail
 
 
 async def test_rows_without_fields_of_their_own_need_no_row_model(env_root: Path) -> None:

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel, Field, field_validator
 
 from environments.counter.app import Counter as CounterEnvironment
+from gym_core.server import SESSION_HEADER
 from servers.resources import (
     ResourcesServer,
     Session,
@@ -251,6 +252,23 @@ def test_a_row_the_row_model_refuses_is_a_422_invalid_row_before_any_hook_runs(f
             assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row", reply.text
             assert named in reply.json()["error"]["message"]
     assert len(server.sessions) == 0  # refused before `seed`: no session was opened for it
+
+
+def test_without_a_row_model_reading_a_missing_field_is_a_422_invalid_row_and_ends_the_session():
+    class Bare(ResourcesServer):  # DESIGN.md's counter: no row model, the field read straight from row.extra
+        async def verify(self, row, session):
+            return float(session.state.get("count") == row.extra["target"])
+
+    server = Bare("bare", {})
+    with TestClient(server.build_app()) as c:
+        seeded = c.post("/seed_session", json=row())
+        session = {SESSION_HEADER: seeded.headers[SESSION_HEADER]}
+        reply = c.post("/verify", json={**row(), "response": answer("3")}, headers=session)
+        assert reply.status_code == 422 and reply.json()["error"] == {
+            "type": "invalid_row", "message": "/verify: the task row has no field 'target'"}
+        assert len(server.sessions) == 0  # the refused row's rollout is over: its session is gone too
+        c.cookies.clear()  # the ended session's cookie; a new rollout starts without it
+        assert c.post("/verify", json={**row(target=0), "response": answer("")}).json()["reward"] == 0.0
 
 
 def test_the_hooks_read_the_fields_the_route_validated():
