@@ -294,11 +294,13 @@ class ResourcesServer(GymServer):
             row = TaskRow.model_validate(raw)
         except (ValidationError, ValueError) as err:
             return error_response(422, f"/seed_session expects a task row: {_brief(err)}")
+        session_id = session_id_of(request)
         try:
             if is_task_row:
                 self._check_row(row)
-            await self.seed(row, self.sessions.reset(session_id_of(request)))
+            await self.seed(row, self.sessions.reset(session_id))
         except (RowError, MissingRowField) as err:
+            self.sessions.pop(session_id)  # no rollout follows a refused row
             return error_response(422, f"/seed_session: {err}", "invalid_row")
         return Response(b"{}", media_type="application/json")
 

@@ -270,6 +270,16 @@ def test_without_a_row_model_reading_a_missing_field_is_a_422_invalid_row_and_en
         c.cookies.clear()  # the ended session's cookie; a new rollout starts without it
         assert c.post("/verify", json={**row(target=0), "response": answer("")}).json()["reward"] == 0.0
 
+    class Seeded(Bare):
+        async def seed(self, row, session):
+            session.state["goal"] = row.extra["target"]
+
+    server = Seeded("seeded", {})
+    with TestClient(server.build_app()) as c:
+        reply = c.post("/seed_session", json=row())
+        assert reply.status_code == 422 and reply.json()["error"]["type"] == "invalid_row"
+        assert len(server.sessions) == 0  # refused at seed: no session is left for a rollout that never starts
+
 
 def test_the_hooks_read_the_fields_the_route_validated():
     validated = []
