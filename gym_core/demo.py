@@ -50,11 +50,13 @@ def pick_agent(config: GymConfig, wanted: str | None) -> str:
 
 async def _collect(agent_url: str, agent: str, data: Path, args: argparse.Namespace) -> CollectionSummary:
     from rollout.collect import collect, count_rows, read_rows
+    from rollout.sampling import SamplingOptions
 
     try:
         return await collect(agent_url, read_rows(data, args.rows), args.output, agent_name=agent,
                              num_repeats=args.repeats, concurrency=args.concurrency,
-                             total=count_rows(data, args.rows), timeout=args.timeout)
+                             total=count_rows(data, args.rows), timeout=args.timeout,
+                             sampling=SamplingOptions(seed=args.seed))
     finally:
         await close_client()
 
@@ -103,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=4, help="rollouts per row (default 4)")
     parser.add_argument("--concurrency", type=int, default=8, help="rollouts in flight (default 8)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per rollout (default 120)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="sampling seed; each rollout's is derived from it (default 0: the same episodes "
+                             "every run; another number, other samples)")
     parser.add_argument("--output", type=Path, default=Path("runs/demo/rollouts.jsonl"), help="rollouts JSONL")
     args = parser.parse_args(argv)
     # The kernel reaches the collector only here, inside the command.

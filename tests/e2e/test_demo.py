@@ -24,3 +24,14 @@ def test_demo_shows_the_fine_tuned_model_earning_reward(tmp_path: Path, capsys: 
     assert sum(row["reward"] for row in rows) >= 1  # and earns reward (about a third of the answers are complete)
     printed = capsys.readouterr().out
     assert "tool call: get_weather(" in printed and "reward:" in printed and "stopped 3 server processes" in printed
+    # seeded (default 0): a rerun samples the same episodes
+    again = tmp_path / "again.jsonl"
+    assert demo([str(ROOT / "examples" / "train_tiny" / "weather.yaml"), "--output", str(again)]) == 0
+    assert episodes(rows) == episodes([json.loads(line) for line in again.read_text().splitlines()])
+
+
+def episodes(rows: list[dict]) -> dict[tuple[int, int], tuple[list[list[int]], float]]:
+    """Each rollout's generated token ids (every model call) and reward, by (task, repeat)."""
+    return {(r["_ng_task_index"], r["_ng_rollout_index"]): (
+        [item["generation_token_ids"] for item in r["response"]["output"] if "generation_token_ids" in item],
+        r["reward"]) for r in rows}
